@@ -1,0 +1,82 @@
+"""Kernel: the statistics of a layer's outputs that the next layer needs, at infinite width."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """Infinite-width statistics of one layer's outputs on two batches of inputs.
+
+    Every layer of an ntkit network maps a ``Kernel`` of its inputs to a ``Kernel`` of its
+    outputs; ``net.kernel(x1, x2)`` returns the one at the end of the network. Statistics are
+    per output unit (per channel): in the infinite-width limit all units are independent and
+    identically distributed, so one number per pair of inputs describes them all.
+
+    Attributes
+    ----------
+    nngp : Tensor, shape (N1, N2)
+        :math:`K(x_i, x'_j) = \\mathbb{E}[z(x_i)\\, z(x'_j)]`, the covariance of one output unit
+        over random initializations: the NNGP kernel (Neal 1994; Lee et al. 2018, eq. 4).
+    ntk : Tensor of shape (N1, N2), or None
+        :math:`\\Theta(x_i, x'_j) = \\sum_p \\partial_p z(x_i)\\, \\partial_p z(x'_j)`, the neural
+        tangent kernel of one output unit (Jacot et al. 2018, eq. 6), or None when it was not
+        asked for.
+    var1 : Tensor, shape (N1,)
+        :math:`K(x_i, x_i)`, the variance of one output unit at each input of the first batch:
+        the self-covariances that nonlinearities need to normalise ``nngp``.
+    var2 : Tensor, shape (N2,)
+        The same for the second batch (equal to ``var1`` when ``same_inputs``).
+    feature_shape : tuple of int
+        Shape of one example's outputs in the finite network, without the batch axis
+        (``(width,)`` for a fully-connected layer). Layers whose kernel depends on widths
+        (``parameterization="standard"``, ``FanInConcat``) read it from here.
+    same_inputs : bool
+        True when the two batches are the same examples (``x2`` was None or ``x2 is x1``), so
+        that ``nngp[i, i]`` pairs an example with itself: nonlinearities then use correlation
+        exactly 1 on the diagonal, and ``Dropout`` shares its mask there.
+    is_gaussian : bool
+        True when the outputs are jointly Gaussian (after an affine layer), the condition for
+        a nonlinearity's closed-form or quadrature kernel map to hold.
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    var1: torch.Tensor
+    var2: torch.Tensor
+    feature_shape: tuple[int, ...]
+    same_inputs: bool = False
+    is_gaussian: bool = False
+
+    def replace(self, **changes) -> "Kernel":
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def map_variances(self, fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fn(var1), fn(var2))``, computed once when the two batches are the same."""
+        var1 = fn(self.var1)
+        return var1, (var1 if self.same_inputs else fn(self.var2))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N1, N2)``: the numbers of inputs in the two batches."""
+        return (self.var1.shape[0], self.var2.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.nngp.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.nngp.device
+
+    def __repr__(self) -> str:
+        ntk = "None" if self.ntk is None else f"Tensor{tuple(self.ntk.shape)}"
+        return (
+            f"Kernel(nngp=Tensor{tuple(self.nngp.shape)}, ntk={ntk}, "
+            f"feature_shape={self.feature_shape}, same_inputs={self.same_inputs}, "
+            f"is_gaussian={self.is_gaussian}, dtype={self.dtype})"
+        )

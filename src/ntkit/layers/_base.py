@@ -1,0 +1,114 @@
+"""The two-faced layer: a torch module (the finite network) and a kernel map (its infinite-width limit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._errors import NtkitError, located
+from ..kernel import Kernel
+
+#: What flows between layers in kernel space: one Kernel, or one per branch after ``FanOut``.
+Kernels = Kernel | Sequence[Kernel]
+
+
+class Layer(nn.Module):
+    """Base class of every ntkit layer and combinator.
+
+    A layer has two faces that describe the same architecture:
+
+    * ``forward(x)``: the finite network at the widths it was given, an ordinary
+      ``torch.nn.Module`` that any torch optimizer can train;
+    * ``kernel_map(k)``: the map from the infinite-width :class:`~ntkit.Kernel` of the layer's
+      inputs to the one of its outputs, computed analytically.
+
+    ``kernel(x1, x2)`` is defined once here, for every layer and every composition. To add a
+    layer, subclass ``Layer``, implement both faces, and run
+    :func:`ntkit.testing.check_layer` on it.
+    """
+
+    #: Combinators name their children in error messages (``serial[3] (ReLU)``); other layers
+    #: are named by the caller, or by ``kernel`` itself at the top level.
+    _names_children = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def kernel_map(self, k: Kernels) -> Kernels:
+        """Map the kernel of this layer's inputs to the kernel of its outputs."""
+        raise NotImplementedError(f"{self.name} has no kernel map")
+
+    def kernel(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        *,
+        get: str | Sequence[str] = ("nngp", "ntk"),
+        dtype: torch.dtype = torch.float64,
+        block_size: int | None = None,
+        progress: bool | None = None,
+    ) -> Kernel | tuple[Kernel, ...]:
+        """Infinite-width NNGP and NTK of this network between ``x1`` and ``x2``.
+
+        Parameters
+        ----------
+        x1 : Tensor, shape (N1, features)
+            First batch of inputs.
+        x2 : Tensor, shape (N2, features), optional
+            Second batch; None (or ``x1`` itself) means the same examples as ``x1``, which
+            halves the work and makes the diagonal exact.
+        get : "nngp", "ntk" or a tuple of both
+            Which kernels are needed; ``"nngp"`` alone skips the NTK recursion.
+        dtype : torch.float64 (default) or torch.float32
+            Precision of the computation and of the result.
+        block_size : int, optional
+            Kernels are computed in blocks of ``block_size`` x ``block_size`` pairs, which
+            bounds the working memory to a few such blocks beside the result. Default 512.
+        progress : bool, optional
+            Show a progress bar over blocks; None shows one for large kernels on a terminal.
+
+        Returns
+        -------
+        Kernel
+            ``nngp`` and ``ntk`` of shape (N1, N2) (``ntk`` is None unless asked for); a tuple
+            of Kernels for a network with several outputs (e.g. ending in ``FanOut``).
+        """
+        from ._engine import evaluate  # the engine imports Layer: import it late
+
+        return evaluate(self, x1, x2, get=get, dtype=dtype, block_size=block_size, progress=progress)
+
+    def _located_kernel_map(self, k: Kernels) -> Kernels:
+        """``kernel_map`` with errors prefixed by this layer's name (for top-level calls)."""
+        if self._names_children:
+            return self.kernel_map(k)
+        with located(self.name):
+            return self.kernel_map(k)
+
+
+def single(k: Kernels, layer: str) -> Kernel:
+    """The one Kernel a single-input layer expects; a clear error for a list of branches."""
+    if isinstance(k, Kernel):
+        return k
+    raise NtkitError(
+        f"received {len(k)} branches; {layer} takes one input (merge branches with "
+        "FanInSum, FanInConcat or FanInProd first)"
+    )
+
+
+def branches(k: Kernels, layer: str) -> list[Kernel]:
+    """The list of Kernels a multi-input layer expects; a clear error for a single one."""
+    if isinstance(k, Kernel):
+        raise NtkitError(f"received a single input; {layer} merges branches (use FanOut first)")
+    return list(k)
+
+
+def require_gaussian(k: Kernel, layer: str) -> None:
+    """Nonlinearities' kernel maps hold only for jointly Gaussian inputs."""
+    if not k.is_gaussian:
+        raise NtkitError(
+            f"the input of {layer} is not Gaussian: its kernel map needs Gaussian "
+            "pre-activations, i.e. an affine layer (Dense) before it"
+        )

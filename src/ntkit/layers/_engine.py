@@ -1,0 +1,114 @@
+"""Evaluate a network's kernel map over all pairs of inputs, in blocks under a memory budget.
+
+Every kernel map in ntkit is *pairwise*: the output for a pair of examples depends only on
+that pair's statistics and on each example's own variance. A large kernel is therefore computed
+block by block, each block passed through the whole network while it is small enough to stay
+in cache; for ``x2 = x1`` only the blocks on and above the diagonal are computed and the others
+are their transposes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .._errors import NtkitError
+from .._inputs import check_inputs, input_kernel
+from ..kernel import Kernel
+from ._base import Layer
+
+DEFAULT_BLOCK = 512
+
+
+def _wanted(get: str | Sequence[str]) -> bool:
+    """Whether the NTK is asked for; an error for anything but 'nngp' and 'ntk'."""
+    names = (get,) if isinstance(get, str) else tuple(get)
+    unknown = [g for g in names if g not in ("nngp", "ntk")]
+    if unknown or not names:
+        raise NtkitError(f"get must name 'nngp' and/or 'ntk', got {get!r}")
+    return "ntk" in names
+
+
+def _blocks(n1: int, n2: int, size: int, same: bool):
+    """(rows, cols, on_diagonal) slices covering the kernel; the upper triangle when same."""
+    for i in range(0, n1, size):
+        for j in range(i if same else 0, n2, size):
+            yield slice(i, min(i + size, n1)), slice(j, min(j + size, n2)), same and i == j
+
+
+def evaluate(
+    layer: Layer,
+    x1,
+    x2,
+    *,
+    get,
+    dtype: torch.dtype,
+    block_size: int | None,
+    progress: bool | None,
+) -> Kernel | tuple[Kernel, ...]:
+    """``layer.kernel(x1, x2)``: see :meth:`ntkit.layers.Layer.kernel`."""
+    with_ntk = _wanted(get)
+    size = DEFAULT_BLOCK if block_size is None else int(block_size)
+    if size < 1:
+        raise NtkitError(f"block_size must be a positive integer, got {block_size!r}")
+    x1, x2, same = check_inputs(x1, x2, dtype)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if n1 <= size and n2 <= size:  # one block: no copies
+        out = layer._located_kernel_map(input_kernel(x1, x2, same, with_ntk))
+        return out if isinstance(out, Kernel) else tuple(out)
+
+    blocks = list(_blocks(n1, n2, size, same))
+    results: list[dict] | None = None
+    for rows, cols, diagonal in tqdm(blocks, desc="kernel blocks", disable=_quiet(progress, len(blocks))):
+        k_in = input_kernel(x1[rows], x2[cols], diagonal, with_ntk)
+        k_out = layer._located_kernel_map(k_in)
+        parts = [k_out] if isinstance(k_out, Kernel) else list(k_out)
+        if results is None:
+            results = [_allocate(p, n1, n2, same) for p in parts]
+        for part, result in zip(parts, results):
+            _write(result, part, rows, cols, mirror=same and not diagonal)
+    kernels = [_assemble(r, same) for r in results]
+    return kernels[0] if len(kernels) == 1 else tuple(kernels)
+
+
+def _quiet(progress: bool | None, n_blocks: int) -> bool | None:
+    if progress is None:
+        return None if n_blocks >= 16 else True  # tqdm: None disables off a terminal
+    return not progress
+
+
+def _allocate(k: Kernel, n1: int, n2: int, same: bool) -> dict:
+    full = dict(dtype=k.dtype, device=k.device)
+    return dict(
+        template=k,
+        nngp=torch.empty((n1, n2) + tuple(k.nngp.shape[2:]), **full),
+        ntk=None if k.ntk is None else torch.empty((n1, n2) + tuple(k.ntk.shape[2:]), **full),
+        var1=torch.empty(n1, **full),
+        var2=None if same else torch.empty(n2, **full),
+    )
+
+
+def _write(result: dict, k: Kernel, rows: slice, cols: slice, mirror: bool) -> None:
+    for name in ("nngp", "ntk"):
+        block = getattr(k, name)
+        if block is None:
+            continue
+        result[name][rows, cols] = block
+        if mirror:
+            result[name][cols, rows] = block.transpose(0, 1)
+    result["var1"][rows] = k.var1
+    if result["var2"] is not None:
+        result["var2"][cols] = k.var2
+
+
+def _assemble(result: dict, same: bool) -> Kernel:
+    var1 = result["var1"]
+    return result["template"].replace(
+        nngp=result["nngp"],
+        ntk=result["ntk"],
+        var1=var1,
+        var2=var1 if same else result["var2"],
+        same_inputs=same,
+    )

@@ -1,0 +1,85 @@
+"""Bookkeeping shared by every nonlinearity: two jointly Gaussian pre-activations per pair."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from ..kernel import Kernel
+
+
+class GaussianPair:
+    """The pre-activations :math:`(u, v) = (z(x_i), z(x'_j))` of all pairs in a block.
+
+    :math:`(u, v)` is a centred Gaussian with covariance
+    :math:`\\begin{pmatrix} v_1 & k \\\\ k & v_2 \\end{pmatrix}` where ``k = cov``,
+    ``v1 = var1``, ``v2 = var2`` broadcast against each other. A nonlinearity's dual reads the
+    statistics it needs; derived ones are computed once, on first use.
+
+    ``self_pairs`` says which pairs are an example with itself: ``"none"``, ``"diagonal"``
+    (``cov[i, i]``, when both batches are the same examples) or ``"all"`` (a vector of
+    variances). There the correlation is exactly 1, whatever the rounding of ``cov``: near
+    correlation 1 the arc-cosine kernels' derivative terms have infinite slope, so a rounded
+    correlation of :math:`1 - \\epsilon` would cost :math:`\\sqrt{\\epsilon}` in accuracy.
+
+    Pre-activations of zero variance (a zero input with no bias) are the constant 0; their
+    correlation with anything is taken as 0, so that ``norm_product * f(correlation)`` is 0.
+    """
+
+    def __init__(self, cov: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, self_pairs: str):
+        self.cov, self.var1, self.var2, self.self_pairs = cov, var1, var2, self_pairs
+
+    @classmethod
+    def of_kernel(cls, k: Kernel) -> "GaussianPair":
+        """All pairs (i, j) of a Kernel's two batches."""
+        return cls(k.nngp, k.var1[:, None], k.var2[None, :], "diagonal" if k.same_inputs else "none")
+
+    @classmethod
+    def of_variance(cls, var: torch.Tensor) -> "GaussianPair":
+        """Each example with itself, to compute the output variances."""
+        return cls(var, var, var, "all")
+
+    @cached_property
+    def std1(self) -> torch.Tensor:
+        return self.var1.sqrt()
+
+    @cached_property
+    def std2(self) -> torch.Tensor:
+        return self.var2.sqrt()
+
+    @cached_property
+    def norm_product(self) -> torch.Tensor:
+        """:math:`\\sqrt{v_1 v_2}`."""
+        return self.std1 * self.std2
+
+    @cached_property
+    def correlation(self) -> torch.Tensor:
+        """:math:`c = k / \\sqrt{v_1 v_2}` in [-1, 1] (rounding can push |c| past 1)."""
+        if self.self_pairs == "all":
+            return (self.var1 > 0).to(self.var1.dtype)
+        c = self.cov * _safe_rsqrt(self.var1)
+        c.mul_(_safe_rsqrt(self.var2)).clamp_(-1.0, 1.0)
+        if self.self_pairs == "diagonal":
+            c.diagonal().copy_((self.var1[:, 0] > 0).to(c.dtype))
+        return c
+
+    @cached_property
+    def angle(self) -> torch.Tensor:
+        """:math:`\\theta = \\arccos c \\in [0, \\pi]`."""
+        return torch.arccos(self.correlation)
+
+    @cached_property
+    def sine(self) -> torch.Tensor:
+        """:math:`\\sin\\theta = \\sqrt{1 - c^2}`."""
+        c = self.correlation
+        return torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).clamp_(min=0.0).sqrt_()
+
+    def scaled_by_norms(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """:math:`\\text{scale} \\cdot \\sqrt{v_1 v_2}\\, x` without forming the norm product."""
+        return (x * (self.std1 * scale)).mul_(self.std2)
+
+
+def _safe_rsqrt(var: torch.Tensor) -> torch.Tensor:
+    """:math:`1/\\sqrt{v}`, and 0 where v = 0 (see the class docstring)."""
+    return torch.where(var > 0, var.rsqrt(), torch.zeros((), dtype=var.dtype, device=var.device))

@@ -1,0 +1,54 @@
+"""Activation: an elementwise nonlinearity, given by its function and its Gaussian dual."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernel import Kernel
+from ._base import Kernels, Layer, require_gaussian, single
+from ._gaussian import GaussianPair
+
+
+class Activation(Layer):
+    """Base class of elementwise nonlinearities :math:`\\phi`.
+
+    A subclass gives ``fn`` (the finite face) and ``dual``, which for jointly Gaussian
+    :math:`(u, v)` returns
+
+    .. math::
+        \\mathbb{E}[\\phi(u)\\phi(v)] \\quad\\text{and}\\quad \\mathbb{E}[\\phi'(u)\\phi'(v)].
+
+    The kernel map is then the same for all (Lee et al. 2018, eq. 5; Jacot et al. 2018,
+    Theorem 1): :math:`K' = \\mathbb{E}[\\phi(u)\\phi(v)]` and
+    :math:`\\Theta' = \\Theta \\cdot \\mathbb{E}[\\phi'(u)\\phi'(v)]`, with the output variances from
+    the same dual at correlation 1.
+    """
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dual(self, pair: GaussianPair, derivative: bool) -> tuple[torch.Tensor, torch.Tensor | float | None]:
+        """``(E[phi(u) phi(v)], E[phi'(u) phi'(v)])``; the second only when ``derivative``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        k = single(k, self.name)
+        require_gaussian(k, self.name)
+        nngp, derivative = self.dual(GaussianPair.of_kernel(k), derivative=k.ntk is not None)
+        var1, var2 = k.map_variances(self._variance)
+        if k.same_inputs:  # keep the diagonal exactly the variances, as every layer does
+            nngp.diagonal().copy_(var1)
+        return k.replace(
+            nngp=nngp,
+            ntk=None if k.ntk is None else k.ntk * derivative,
+            var1=var1,
+            var2=var2,
+            is_gaussian=False,
+        )
+
+    def _variance(self, var: torch.Tensor) -> torch.Tensor:
+        """:math:`\\mathbb{E}[\\phi(u)^2]` for :math:`u \\sim \\mathcal N(0, \\text{var})`."""
+        return self.dual(GaussianPair.of_variance(var), derivative=False)[0]

@@ -1,0 +1,224 @@
+"""Combinators: compose layers in series, in parallel, and split and merge branches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._errors import NtkitError, located
+from ..kernel import Kernel
+from ._base import Kernels, Layer, branches, single
+
+
+class Serial(Layer):
+    """Layers applied one after the other, in both faces (``serial(*layers)``)."""
+
+    _names_children = True
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        _check_layers(layers, "serial")
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def name(self) -> str:
+        return "serial"
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def kernel_map(self, k: Kernels) -> Kernels:
+        for index, layer in enumerate(self.layers):
+            with located(f"serial[{index}] ({layer.name})"):
+                k = layer.kernel_map(k)
+        return k
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class Parallel(Layer):
+    """One layer per branch: branch i of the input goes through ``layers[i]`` (``parallel(*layers)``)."""
+
+    _names_children = True
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        _check_layers(layers, "parallel")
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def name(self) -> str:
+        return "parallel"
+
+    def forward(self, xs):
+        return [layer(x) for layer, x in zip(self.layers, self._split(xs, "inputs"))]
+
+    def kernel_map(self, k: Kernels) -> list[Kernel]:
+        out = []
+        for index, (layer, branch) in enumerate(zip(self.layers, self._split(k, "kernels"))):
+            with located(f"parallel[{index}] ({layer.name})"):
+                out.append(layer.kernel_map(branch))
+        return out
+
+    def _split(self, xs, what: str) -> Sequence:
+        if isinstance(xs, (Kernel, torch.Tensor)) or len(xs) != len(self.layers):
+            got = 1 if isinstance(xs, (Kernel, torch.Tensor)) else len(xs)
+            raise NtkitError(f"has {len(self.layers)} layers but received {got} {what} (use FanOut first)")
+        return xs
+
+
+class FanOut(Layer):
+    """Copy the input into ``n`` branches."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        if not isinstance(n, int) or n < 1:
+            raise NtkitError(f"FanOut: n must be a positive integer, got {n!r}")
+        self.n = n
+
+    def forward(self, x):
+        return [x] * self.n
+
+    def kernel_map(self, k: Kernels) -> list[Kernel]:
+        return [single(k, "FanOut")] * self.n
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+
+class FanInSum(Layer):
+    """Sum the branches. Branches are independent at infinite width when each, but at most one,
+    ends in a randomly initialised layer since the ``FanOut``; kernels then add (Novak et al.
+    2020, ``stax.FanInSum``), and the sum of Gaussians is Gaussian."""
+
+    def forward(self, xs):
+        _check_branch_shapes(xs, "FanInSum")
+        return torch.stack(list(xs)).sum(0)
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        ks = branches(k, "FanInSum")
+        _check_feature_shapes(ks, "FanInSum", axis=None)
+        return ks[0].replace(
+            nngp=_sum(x.nngp for x in ks),
+            ntk=None if ks[0].ntk is None else _sum(x.ntk for x in ks),
+            var1=_sum(x.var1 for x in ks),
+            var2=_sum(x.var2 for x in ks),
+            is_gaussian=all(x.is_gaussian for x in ks),
+        )
+
+
+class FanInConcat(Layer):
+    """Concatenate the branches along the feature axis.
+
+    The per-unit kernel of the concatenation is the width-weighted average of the branches'
+    kernels, :math:`K = \\sum_b (n_b / n) K_b` (Novak et al. 2020, ``stax.FanInConcat``).
+    """
+
+    def forward(self, xs):
+        _check_branch_shapes(xs, "FanInConcat", axis=1)
+        return torch.cat(list(xs), dim=1)
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        ks = branches(k, "FanInConcat")
+        _check_feature_shapes(ks, "FanInConcat", axis=0)
+        widths = [x.feature_shape[0] for x in ks]
+        total = sum(widths)
+        weights = [w / total for w in widths]
+
+        def mix(name):
+            return _sum(getattr(x, name) * w for x, w in zip(ks, weights))
+
+        return ks[0].replace(
+            nngp=mix("nngp"),
+            ntk=None if ks[0].ntk is None else mix("ntk"),
+            var1=mix("var1"),
+            var2=mix("var2"),
+            feature_shape=(total,) + tuple(ks[0].feature_shape[1:]),
+            is_gaussian=all(x.is_gaussian for x in ks),
+        )
+
+
+class FanInProd(Layer):
+    """Multiply the branches elementwise.
+
+    For independent branches (see :class:`FanInSum`), :math:`K = \\prod_b K_b` and, by the
+    product rule, :math:`\\Theta = \\sum_b \\Theta_b \\prod_{c \\ne b} K_c` (Novak et al. 2020,
+    ``stax.FanInProd``). A product of Gaussians is not Gaussian.
+    """
+
+    def forward(self, xs):
+        _check_branch_shapes(xs, "FanInProd")
+        return torch.stack(list(xs)).prod(0)
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        ks = branches(k, "FanInProd")
+        _check_feature_shapes(ks, "FanInProd", axis=None)
+        ntk = None
+        if ks[0].ntk is not None:
+            ntk = _sum(
+                math.prod((x.ntk if c == b else x.nngp for c, x in enumerate(ks)), start=1)
+                for b in range(len(ks))
+            )
+        return ks[0].replace(
+            nngp=math.prod((x.nngp for x in ks), start=1),
+            ntk=ntk,
+            var1=math.prod((x.var1 for x in ks), start=1),
+            var2=math.prod((x.var2 for x in ks), start=1),
+            is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
+        )
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in series: ``serial(Dense(512), ReLU(), Dense(1))``."""
+    return Serial(*layers)
+
+
+def parallel(*layers: Layer) -> Parallel:
+    """Apply ``layers[i]`` to branch i: ``serial(FanOut(2), parallel(block, Identity()), FanInSum())``."""
+    return Parallel(*layers)
+
+
+def _sum(tensors):
+    tensors = iter(tensors)
+    total = next(tensors).clone()
+    for t in tensors:
+        total += t
+    return total
+
+
+def _check_layers(layers, combinator: str) -> None:
+    if not layers:
+        raise NtkitError(f"{combinator}() needs at least one layer")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise NtkitError(
+                f"{combinator}[{index}] is {type(layer).__name__}, not an ntkit layer "
+                "(wrap an elementwise function in ntkit.Elementwise)"
+            )
+
+
+def _check_branch_shapes(xs, layer: str, axis: int | None = None) -> None:
+    if isinstance(xs, torch.Tensor) or len(xs) < 1:
+        raise NtkitError(f"{layer}: expects a list of branches (use FanOut first)")
+    shapes = [tuple(x.shape) for x in xs]
+    keep = [tuple(s[:axis] + s[axis + 1 :]) if axis is not None else s for s in shapes]
+    if len(set(keep)) > 1:
+        raise NtkitError(f"{layer}: branches have incompatible shapes {shapes}")
+
+
+def _check_feature_shapes(ks: list[Kernel], layer: str, axis: int | None) -> None:
+    shapes = [x.feature_shape for x in ks]
+    keep = [s[:axis] + s[axis + 1 :] if axis is not None else s for s in shapes]
+    if len(set(keep)) > 1:
+        raise NtkitError(f"branches have incompatible feature shapes {shapes}")
+    if len({x.ntk is None for x in ks}) > 1:
+        raise NtkitError("some branches carry an NTK and others do not")
