@@ -57,7 +57,10 @@ def evaluate(
     n1, n2 = x1.shape[0], x2.shape[0]
     if n1 <= size and n2 <= size:  # one block: no copies
         out = layer._located_kernel_map(input_kernel(x1, x2, same, with_ntk))
-        return out if isinstance(out, Kernel) else tuple(out)
+        parts = [out] if isinstance(out, Kernel) else list(out)
+        if same:
+            parts = [_mirrored(part) for part in parts]
+        return parts[0] if isinstance(out, Kernel) else tuple(parts)
 
     blocks = list(_blocks(n1, n2, size, same))
     results: list[dict] | None = None
@@ -68,7 +71,7 @@ def evaluate(
         if results is None:
             results = [_allocate(p, n1, n2, same) for p in parts]
         for part, result in zip(parts, results):
-            _write(result, part, rows, cols, mirror=same and not diagonal)
+            _write(result, part, rows, cols, diagonal, mirror=same and not diagonal)
     kernels = [_assemble(r, same) for r in results]
     return kernels[0] if len(kernels) == 1 else tuple(kernels)
 
@@ -90,17 +93,30 @@ def _allocate(k: Kernel, n1: int, n2: int, same: bool) -> dict:
     )
 
 
-def _write(result: dict, k: Kernel, rows: slice, cols: slice, mirror: bool) -> None:
+def _write(result: dict, k: Kernel, rows: slice, cols: slice, diagonal: bool, mirror: bool) -> None:
     for name in ("nngp", "ntk"):
         block = getattr(k, name)
         if block is None:
             continue
+        if diagonal:  # its lower triangle mirrors the upper one
+            block = _mirror_upper(block)
         result[name][rows, cols] = block
         if mirror:
             result[name][cols, rows] = block.transpose(0, 1)
     result["var1"][rows] = k.var1
     if result["var2"] is not None:
         result["var2"][cols] = k.var2
+
+
+def _mirror_upper(block: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is ``block``'s: exact symmetry for x2 = x1."""
+    upper = torch.ones(block.shape, dtype=torch.bool, device=block.device).triu_()
+    return torch.where(upper, block, block.T)
+
+
+def _mirrored(k: Kernel) -> Kernel:
+    ntk = None if k.ntk is None else _mirror_upper(k.ntk)
+    return k.replace(nngp=_mirror_upper(k.nngp), ntk=ntk)
 
 
 def _assemble(result: dict, same: bool) -> Kernel:
