@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import torch
 
 from . import __version__
 
@@ -39,21 +42,57 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only depths {', '.join(map(str, demo.QUICK_DEPTHS))} (a smoke test)",
     )
     job.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="CPU threads of torch and BLAS (default: all cores; 1 can be much faster when "
+        "other processes keep the cores busy)",
+    )
+    job.add_argument(
         "--diag-reg", type=float, default=demo.DIAG_REG,
         help="ridge relative to the kernel's mean diagonal (default: %(default)g)",
     )
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Limit torch's threads and, through threadpoolctl where installed, BLAS's to ``n``.
+
+    Restored on exit, since ``main`` may run inside a bigger process (tests, notebooks).
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+        except ImportError:
+            yield
+        else:
+            with threadpool_limits(limits=n):
+                yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     start = time.perf_counter()
-    result = demo.run(
-        out=args.out,
-        depths=demo.QUICK_DEPTHS if args.quick else args.depths,
-        diag_reg=args.diag_reg,
-    )
+    with _threads(args.threads):
+        result = demo.run(
+            out=args.out,
+            depths=demo.QUICK_DEPTHS if args.quick else args.depths,
+            diag_reg=args.diag_reg,
+        )
     print(
         f"Kernel regression on digits ({result.n_train} train / {result.n_test} test), "
         f"ReLU MLPs of infinite width:"

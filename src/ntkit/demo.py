@@ -158,17 +158,19 @@ def plot(result: DemoResult, diag_reg: float = DIAG_REG) -> Path:
     low = 100 * min(result.nngp_accuracy + result.ntk_accuracy)
     ax.set_ylim(min(low - 0.5, 98.0), 100.0)  # at least 2 points, one test image being 0.13
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(result.depths) <= 12:
+        ax.set_xticks(result.depths)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("hidden layers (Dense + ReLU)")
     ax.set_ylabel(f"test accuracy ({result.n_test} images)")
-    ax.set_title("Digits by kernel regression with infinitely wide ReLU networks", fontsize=11)
-    ax.text(
-        0.5, 0.03,
+    fig.suptitle("Digits by kernel regression with infinitely wide ReLU networks", fontsize=11)
+    ax.set_title(
         f"{result.n_train} training images;  $\\sigma_w^2 = 2$, $\\sigma_b = {B_STD}$;  "
         f"ridge {diag_reg:g} $\\times$ mean diag $K$",
-        transform=ax.transAxes, ha="center", va="bottom", fontsize=8, color="0.35",
+        fontsize=8, color="0.35",
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", frameon=False)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=9)
     fig.savefig(result.figure)
     return result.figure

@@ -37,7 +37,8 @@ def sample_kernels(net: Layer, x: torch.Tensor, n_samples: int, ntk_outputs: int
     channels (every channel has the same distribution, so any subset is unbiased). Standard
     errors are the sample standard deviations over draws divided by :math:`\\sqrt{S}`.
     """
-    with torch.random.fork_rng(devices=[]):
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         net(x)  # materialise lazy parameters
         nngps, ntks = [], []
@@ -93,6 +94,7 @@ def check_layer(
     n_samples: int = 32,
     monte_carlo: bool = True,
     accuracy: float | None = None,
+    device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> None:
     """Run the ntkit layer contract on ``layer``; raise AssertionError naming what failed.
@@ -118,13 +120,18 @@ def check_layer(
     accuracy : float, optional
         Relative accuracy of the layer's kernel map (e.g. 1e-10 for quadrature); by default
         exact up to float64 round-off. It widens the positive-semi-definiteness check.
+    device : str or torch.device
+        Where to run the finite and the infinite network (e.g. "cuda").
+    seed : int
+        Seed of the default inputs and of the Monte Carlo initialisations.
     """
     if x is None:
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(5, 4, generator=generator, dtype=torch.float64)
         x[4] = x[0]
     net = serial(Dense(width, 1.3, 0.2), layer, Dense(width, 1.1, 0.1)) if wrap else layer
-    net = net.to(torch.float64)
+    net = net.to(device=device, dtype=torch.float64)
+    x = x.to(device=device, dtype=torch.float64)
     k = net.kernel(x)
     _check_algebra(net, x, k, accuracy or 0.0)
     _check_float32(net, x, k)

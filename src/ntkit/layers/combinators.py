@@ -120,7 +120,11 @@ class FanInConcat(Layer):
     """Concatenate the branches along the feature axis.
 
     The per-unit kernel of the concatenation is the width-weighted average of the branches'
-    kernels, :math:`K = \\sum_b (n_b / n) K_b` (Novak et al. 2020, ``stax.FanInConcat``).
+    kernels, :math:`K = \\sum_b (n_b / n) K_b` (Novak et al. 2020, ``stax.FanInConcat``): exact
+    for what a following ``Dense`` sums over units. The units are no longer identically
+    distributed (a unit of branch b has kernel :math:`K_b`), so the output counts as
+    non-Gaussian: a nonlinearity applied to the averaged kernel would be wrong, and needs a
+    ``Dense`` after the concatenation.
     """
 
     def forward(self, xs):
@@ -143,7 +147,7 @@ class FanInConcat(Layer):
             var1=mix("var1"),
             var2=mix("var2"),
             feature_shape=(total,) + tuple(ks[0].feature_shape[1:]),
-            is_gaussian=all(x.is_gaussian for x in ks),
+            is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
         )
 
 
