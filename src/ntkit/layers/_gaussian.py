@@ -51,15 +51,21 @@ class GaussianPair:
     @cached_property
     def norm_product(self) -> torch.Tensor:
         """:math:`\\sqrt{v_1 v_2}`."""
-        return self.std1 * self.std2
+        if self.self_pairs == "all":
+            return self.var1
+        return (self.var1 * self.var2).sqrt_()
 
     @cached_property
     def correlation(self) -> torch.Tensor:
         """:math:`c = k / \\sqrt{v_1 v_2}` in [-1, 1] (rounding can push |c| past 1)."""
         if self.self_pairs == "all":
             return (self.var1 > 0).to(self.var1.dtype)
-        c = self.cov * _safe_rsqrt(self.var1)
-        c.mul_(_safe_rsqrt(self.var2)).clamp_(-1.0, 1.0)
+        # k / sqrt(v1 v2) rounds to exactly 1 when k = v1 = v2 (IEEE: sqrt(fl(v*v)) = |v|), so
+        # identical inputs in different batches keep correlation 1 too.
+        c = self.cov / self.norm_product
+        if bool((self.var1 <= 0).any()) or bool((self.var2 <= 0).any()):
+            c = torch.where(self.norm_product > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
+        c.clamp_(-1.0, 1.0)
         if self.self_pairs == "diagonal":
             c.diagonal().copy_((self.var1[:, 0] > 0).to(c.dtype))
         return c
@@ -71,15 +77,6 @@ class GaussianPair:
 
     @cached_property
     def sine(self) -> torch.Tensor:
-        """:math:`\\sin\\theta = \\sqrt{1 - c^2}`."""
+        """:math:`\\sin\\theta = \\sqrt{1 - c^2}` (|c| <= 1, so 1 - c^2 >= 0 after rounding)."""
         c = self.correlation
-        return torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).clamp_(min=0.0).sqrt_()
-
-    def scaled_by_norms(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """:math:`\\text{scale} \\cdot \\sqrt{v_1 v_2}\\, x` without forming the norm product."""
-        return (x * (self.std1 * scale)).mul_(self.std2)
-
-
-def _safe_rsqrt(var: torch.Tensor) -> torch.Tensor:
-    """:math:`1/\\sqrt{v}`, and 0 where v = 0 (see the class docstring)."""
-    return torch.where(var > 0, var.rsqrt(), torch.zeros((), dtype=var.dtype, device=var.device))
+        return torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).sqrt_()

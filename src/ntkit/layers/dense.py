@@ -145,7 +145,7 @@ class Dense(LazyModuleMixin, Layer):
         k = single(k, "Dense")
         w2 = self.W_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        nngp = torch.mul(k.nngp, w2).add_(b2)
+        nngp = torch.add(torch.tensor(b2, dtype=k.dtype, device=k.device), k.nngp, alpha=w2)
         ntk = None
         if k.ntk is not None:
             if self.parameterization == "ntk":

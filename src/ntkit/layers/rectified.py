@@ -39,8 +39,9 @@ class ABReLU(Activation):
         kink = (self.a - self.b) ** 2 / (2 * math.pi)
         if kink == 0:  # a linear function
             return pair.cov * mean_square, mean_square
-        kdot = torch.mul(pair.angle, -kink).add_(mean_square)
-        nngp = pair.scaled_by_norms(pair.sine, kink).addcmul_(kdot, pair.cov)
+        angle = pair.angle
+        kdot = torch.add(torch.tensor(mean_square, dtype=angle.dtype, device=angle.device), angle, alpha=-kink)
+        nngp = torch.addcmul(kdot * pair.cov, pair.norm_product, pair.sine, value=kink)
         return nngp, kdot
 
     def extra_repr(self) -> str:
