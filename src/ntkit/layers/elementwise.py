@@ -81,8 +81,9 @@ class Elementwise(Activation):
         return self.function(x)
 
     def dual(self, pair: GaussianPair, derivative: bool):
-        nodes = self.nodes.to(pair.cov.dtype)
-        weights = self.weights.to(pair.cov.dtype)
+        # The kernel may live elsewhere than the module's parameters (kernels need none).
+        nodes = self.nodes.to(dtype=pair.cov.dtype, device=pair.cov.device)
+        weights = self.weights.to(dtype=pair.cov.dtype, device=pair.cov.device)
         if pair.self_pairs == "all":
             values, _ = self._evaluate(pair.std1.unsqueeze(-1) * nodes, False)
             return (values.square() * weights).sum(-1), None
