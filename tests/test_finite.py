@@ -74,7 +74,7 @@ def test_trainable_with_a_torch_optimizer():
         loss = ((net(x) - y) ** 2).mean()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
 
 

@@ -128,14 +128,16 @@ def run(
 def format_table(result: DemoResult) -> str:
     """The accuracies as a fixed-width text table, one row per depth."""
     lines = [f"{'hidden layers':>13}  {'NNGP acc':>8}  {'NTK acc':>8}  {'kernels (s)':>11}"]
-    for depth, a, b, s in zip(result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds):
+    columns = (result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds)
+    for depth, a, b, s in zip(*columns):
         lines.append(f"{depth:>13d}  {a:>8.4f}  {b:>8.4f}  {s:>11.3f}")
     return "\n".join(lines)
 
 
 def _write_table(result: DemoResult) -> None:
     lines = ["depth,nngp_accuracy,ntk_accuracy,kernel_seconds"]
-    for depth, a, b, s in zip(result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds):
+    columns = (result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds)
+    for depth, a, b, s in zip(*columns):
         lines.append(f"{depth},{a:.6f},{b:.6f},{s:.4f}")
     result.table.write_text("\n".join(lines) + "\n")
 
@@ -150,11 +152,13 @@ def plot(result: DemoResult, diag_reg: float = DIAG_REG) -> Path:
 
     fig = Figure(figsize=(6.4, 4.4), dpi=150, layout="constrained")  # Agg canvas, no pyplot state
     ax = fig.add_subplot()
-    for values, label, style in (  # NNGP drawn larger, so that equal values show both markers
-        (result.nngp_accuracy, "NNGP (Bayesian posterior mean)", dict(marker="o", markersize=9, color="tab:blue")),
-        (result.ntk_accuracy, "NTK (gradient descent, $t \\to \\infty$)", dict(marker="s", markersize=5, color="tab:orange")),
-    ):
-        ax.plot(result.depths, [100 * v for v in values], label=label, linewidth=2, **style)
+    curves = (  # NNGP drawn larger, so that equal values show both markers
+        (result.nngp_accuracy, "NNGP (Bayesian posterior mean)", "o", 9, "tab:blue"),
+        (result.ntk_accuracy, "NTK (gradient descent, $t \\to \\infty$)", "s", 5, "tab:orange"),
+    )
+    for values, label, marker, size, color in curves:
+        y = [100 * v for v in values]
+        ax.plot(result.depths, y, label=label, marker=marker, markersize=size, color=color, linewidth=2)
     low = 100 * min(result.nngp_accuracy + result.ntk_accuracy)
     ax.set_ylim(min(low - 0.5, 98.0), 100.0)  # at least 2 points, one test image being 0.13
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
