@@ -207,12 +207,6 @@ def test_identical_and_antipodal_inputs(name, depth, bias):
         check_close(getattr(c64, field), getattr(k64, field), mask, generic, at_one, f"{field} kernel(x, copy)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="identical (or antipodal) inputs in different positions get correlation 1 -/+ O(eps) "
-    "from rounding, which arccos/arcsin turn into O(sqrt(eps)) errors per layer, compounding "
-    "to O(eps^(1/2^L)) through Sign/step layers; see the report for the proposed fix",
-)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", ["Sign", "Step", "ReLU", "Abs"])
 def test_duplicated_inputs_are_exactly_correlated(name, dtype):
@@ -395,11 +389,6 @@ def test_diagonal_is_var1_exactly(name, block_size, dtype):
     assert k.var2 is k.var1 or torch.equal(k.var2, k.var1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regression (0e6de5b): Dense.kernel_map computes the NNGP as torch.add(b2, k, alpha=w2) "
-    "but the variances as v * w2 + b2, which round differently (~1 entry in 4)",
-)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_dense_with_a_bias_keeps_its_diagonal_equal_to_its_variances(dtype):
     x = generic_inputs(n=64, zero_row=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ._errors import NtkitError
@@ -51,11 +53,69 @@ def check_inputs(x1, x2, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
     return x1, x2, False
 
 
-def input_kernel(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool, with_ntk: bool) -> Kernel:
+class Twins(NamedTuple):
+    """Examples that are the same point up to sign: ``x_i = s_i s_j x'_j`` when ``group`` agrees.
+
+    ``group1``, ``group2`` (int64, shapes (N1,), (N2,)) label each example's line through the
+    origin, -1 for a zero example; ``sign1``, ``sign2`` hold the sign of the first nonzero
+    feature. None stands for "no two examples share a line", the common case, which costs
+    nothing further.
+    """
+
+    group1: torch.Tensor
+    sign1: torch.Tensor
+    group2: torch.Tensor
+    sign2: torch.Tensor
+
+    def block(self, rows: slice, cols: slice) -> "Twins":
+        return Twins(self.group1[rows], self.sign1[rows], self.group2[cols], self.sign2[cols])
+
+
+def find_twins(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool) -> Twins | None:
+    """Identical or antipodal examples, found exactly (bit patterns) in O((N1 + N2) d).
+
+    Their input correlation is exactly +1 or -1, but a matrix product rounds ``x_i . x_j``
+    differently from ``|x_i|^2``: a correlation of 1 - eps would become an error of
+    sqrt(2 eps) in every arc-cosine kernel after it (the square-root singularity of arccos at
+    1). ``input_kernel`` therefore writes these pairs' covariances as exactly +-variance, and
+    every kernel map computes a pair at correlation +-1 with the same operations as a variance.
+    """
+    x = x1 if same_inputs else torch.cat([x1, x2])
+    first = (x != 0).to(torch.uint8).argmax(dim=1)
+    sign = torch.sign(x.gather(1, first[:, None]))[:, 0]
+    canonical = (x * sign[:, None]).add_(0.0)  # x + 0.0 turns -0.0 into +0.0
+    bits = canonical.view(torch.int32 if x.dtype == torch.float32 else torch.int64).to(torch.int64)
+    generator = torch.Generator().manual_seed(0x9E3779B9)
+    weights = torch.randint(1, 2**62, (x.shape[1],), generator=generator, dtype=torch.int64)
+    hashes = (bits * weights.to(bits.device)).sum(dim=1)  # int64 arithmetic wraps: a hash
+    _, group = torch.unique(hashes, return_inverse=True)
+    group = torch.where(sign != 0, group, -1)
+    counts = torch.bincount(group[group >= 0])
+    if not bool((counts > 1).any()):
+        return None
+    # A hash collision between different lines would merge them: verify against each group's
+    # first member, and give every example that differs a group of its own.
+    order = torch.arange(len(x), device=x.device)
+    first_member = torch.full((int(group.max()) + 1,), len(x), device=x.device).scatter_reduce_(
+        0, group.clamp(min=0), order, reduce="amin"
+    )
+    agrees = (canonical == canonical[first_member[group.clamp(min=0)]]).all(dim=1)
+    group = torch.where(agrees | (group < 0), group, len(x) + order)
+    n1 = x1.shape[0]
+    if same_inputs:
+        return Twins(group, sign, group, sign)
+    return Twins(group[:n1], sign[:n1], group[n1:], sign[n1:])
+
+
+def input_kernel(
+    x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool, with_ntk: bool, twins: Twins | None = None
+) -> Kernel:
     """The kernel of the raw inputs: :math:`K(x, x') = x \\cdot x' / d`, no NTK yet.
 
     Dividing by the number of features ``d`` is the convention of Lee et al. 2018 (eq. 4) and
     neural-tangents, so that a following ``Dense`` has weight variance ``W_std**2 / d``.
+    ``twins`` (from :func:`find_twins`) marks identical and antipodal pairs, whose entries are
+    then exactly +-variance.
     """
     features = x1.shape[1]
     nngp = torch.mm(x1, x2.T).div_(features)
@@ -65,6 +125,10 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool, with_ntk
         nngp.diagonal().copy_(var1)  # the exact self-products, whatever the matmul's rounding
     else:
         var2 = torch.linalg.vector_norm(x2, dim=1).square_().div_(features)
+    if twins is not None:
+        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
+        signed = (twins.sign1[:, None] * twins.sign2[None, :]) * var1[:, None]
+        nngp = torch.where(pairs, signed, nngp)
     return Kernel(
         nngp=nngp,
         ntk=torch.zeros_like(nngp) if with_ntk else None,

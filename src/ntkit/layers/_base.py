@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
 
 import torch
@@ -12,6 +13,10 @@ from ..kernel import Kernel
 
 #: What flows between layers in kernel space: one Kernel, or one per branch after ``FanOut``.
 Kernels = Kernel | Sequence[Kernel]
+
+#: True while an ntkit layer's forward runs: layers called inside it are named by their
+#: combinator (``serial[2] (Dense)``), not by themselves.
+_IN_FORWARD = contextvars.ContextVar("ntkit_in_forward", default=False)
 
 
 class Layer(nn.Module):
@@ -79,6 +84,20 @@ class Layer(nn.Module):
         from ._engine import evaluate  # the engine imports Layer: import it late
 
         return evaluate(self, x1, x2, get=get, dtype=dtype, block_size=block_size, progress=progress)
+
+    def __call__(self, *args, **kwargs):
+        """``forward``, with an NtkitError raised inside prefixed by this layer's name when the
+        call is the outermost one (inside a network, the combinator names its children)."""
+        if _IN_FORWARD.get():
+            return super().__call__(*args, **kwargs)
+        token = _IN_FORWARD.set(True)
+        try:
+            if self._names_children:
+                return super().__call__(*args, **kwargs)
+            with located(self.name):
+                return super().__call__(*args, **kwargs)
+        finally:
+            _IN_FORWARD.reset(token)
 
     def _located_kernel_map(self, k: Kernels) -> Kernels:
         """``kernel_map`` with errors prefixed by this layer's name (for top-level calls)."""

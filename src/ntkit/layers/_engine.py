@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._errors import NtkitError
-from .._inputs import check_inputs, input_kernel
+from .._inputs import check_inputs, find_twins, input_kernel
 from ..kernel import Kernel
 from ._base import Layer
 
@@ -32,10 +32,18 @@ def _wanted(get: str | Sequence[str]) -> bool:
 
 
 def _blocks(n1: int, n2: int, size: int, same: bool):
-    """(rows, cols, on_diagonal) slices covering the kernel; the upper triangle when same."""
-    for i in range(0, n1, size):
-        for j in range(i if same else 0, n2, size):
-            yield slice(i, min(i + size, n1)), slice(j, min(j + size, n2)), same and i == j
+    """(rows, cols, on_diagonal) slices covering the kernel; the upper triangle when same.
+
+    For x2 = x1 the diagonal blocks come first: they meet every example as itself, so a bad
+    example (e.g. a zero vector before LayerNorm) is reported as a row of x1, never as a
+    column of an x2 the caller did not pass.
+    """
+    starts1, starts2 = range(0, n1, size), range(0, n2, size)
+    pairs = [(i, i) for i in starts1] + [(i, j) for i in starts1 for j in starts2 if j > i] if same else [
+        (i, j) for i in starts1 for j in starts2
+    ]
+    for i, j in pairs:
+        yield slice(i, min(i + size, n1)), slice(j, min(j + size, n2)), same and i == j
 
 
 def evaluate(
@@ -55,8 +63,9 @@ def evaluate(
         raise NtkitError(f"block_size must be a positive integer, got {block_size!r}")
     x1, x2, same = check_inputs(x1, x2, dtype)
     n1, n2 = x1.shape[0], x2.shape[0]
+    twins = find_twins(x1, x2, same)
     if n1 <= size and n2 <= size:  # one block: no copies
-        out = layer._located_kernel_map(input_kernel(x1, x2, same, with_ntk))
+        out = layer._located_kernel_map(input_kernel(x1, x2, same, with_ntk, twins))
         parts = [out] if isinstance(out, Kernel) else list(out)
         if same:
             parts = [_mirrored(part) for part in parts]
@@ -65,7 +74,8 @@ def evaluate(
     blocks = list(_blocks(n1, n2, size, same))
     results: list[dict] | None = None
     for rows, cols, diagonal in tqdm(blocks, desc="kernel blocks", disable=_quiet(progress, len(blocks))):
-        k_in = input_kernel(x1[rows], x2[cols], diagonal, with_ntk)
+        block_twins = None if twins is None else twins.block(rows, cols)
+        k_in = input_kernel(x1[rows], x2[cols], diagonal, with_ntk, block_twins)
         k_out = layer._located_kernel_map(k_in)
         parts = [k_out] if isinstance(k_out, Kernel) else list(k_out)
         if results is None:
@@ -103,7 +113,9 @@ def _write(result: dict, k: Kernel, rows: slice, cols: slice, diagonal: bool, mi
         result[name][rows, cols] = block
         if mirror:
             result[name][cols, rows] = block.transpose(0, 1)
-    result["var1"][rows] = k.var1
+    if diagonal or result["var2"] is not None:
+        # For x2 = x1 the variances come from the diagonal blocks, whose NNGP diagonal they are.
+        result["var1"][rows] = k.var1
     if result["var2"] is not None:
         result["var2"][cols] = k.var2
 

@@ -28,8 +28,9 @@ class Serial(Layer):
         return "serial"
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        for index, layer in enumerate(self.layers):
+            with located(f"serial[{index}] ({layer.name})"):
+                x = layer(x)
         return x
 
     def kernel_map(self, k: Kernels) -> Kernels:
@@ -60,7 +61,11 @@ class Parallel(Layer):
         return "parallel"
 
     def forward(self, xs):
-        return [layer(x) for layer, x in zip(self.layers, self._split(xs, "inputs"))]
+        out = []
+        for index, (layer, x) in enumerate(zip(self.layers, self._split(xs, "inputs"))):
+            with located(f"parallel[{index}] ({layer.name})"):
+                out.append(layer(x))
+        return out
 
     def kernel_map(self, k: Kernels) -> list[Kernel]:
         out = []
@@ -72,7 +77,9 @@ class Parallel(Layer):
     def _split(self, xs, what: str) -> Sequence:
         if isinstance(xs, (Kernel, torch.Tensor)) or len(xs) != len(self.layers):
             got = 1 if isinstance(xs, (Kernel, torch.Tensor)) else len(xs)
-            raise NtkitError(f"has {len(self.layers)} layers but received {got} {what} (use FanOut first)")
+            raise NtkitError(
+                f"a parallel of {len(self.layers)} layers received {got} {what} (use FanOut first)"
+            )
         return xs
 
 
@@ -101,7 +108,7 @@ class FanInSum(Layer):
     2020, ``stax.FanInSum``), and the sum of Gaussians is Gaussian."""
 
     def forward(self, xs):
-        _check_branch_shapes(xs, "FanInSum")
+        _check_branch_shapes(xs)
         return torch.stack(list(xs)).sum(0)
 
     def kernel_map(self, k: Kernels) -> Kernel:
@@ -128,7 +135,7 @@ class FanInConcat(Layer):
     """
 
     def forward(self, xs):
-        _check_branch_shapes(xs, "FanInConcat", axis=1)
+        _check_branch_shapes(xs, axis=1)
         return torch.cat(list(xs), dim=1)
 
     def kernel_map(self, k: Kernels) -> Kernel:
@@ -160,7 +167,7 @@ class FanInProd(Layer):
     """
 
     def forward(self, xs):
-        _check_branch_shapes(xs, "FanInProd")
+        _check_branch_shapes(xs)
         return torch.stack(list(xs)).prod(0)
 
     def kernel_map(self, k: Kernels) -> Kernel:
@@ -210,13 +217,13 @@ def _check_layers(layers, combinator: str) -> None:
             )
 
 
-def _check_branch_shapes(xs, layer: str, axis: int | None = None) -> None:
+def _check_branch_shapes(xs, axis: int | None = None) -> None:
     if isinstance(xs, torch.Tensor) or len(xs) < 1:
-        raise NtkitError(f"{layer}: expects a list of branches (use FanOut first)")
+        raise NtkitError("expects a list of branches (use FanOut first)")
     shapes = [tuple(x.shape) for x in xs]
     keep = [tuple(s[:axis] + s[axis + 1 :]) if axis is not None else s for s in shapes]
     if len(set(keep)) > 1:
-        raise NtkitError(f"{layer}: branches have incompatible shapes {shapes}")
+        raise NtkitError(f"branches have incompatible shapes {shapes}")
 
 
 def _check_feature_shapes(ks: list[Kernel], layer: str, axis: int | None) -> None:
@@ -226,3 +233,4 @@ def _check_feature_shapes(ks: list[Kernel], layer: str, axis: int | None) -> Non
         raise NtkitError(f"branches have incompatible feature shapes {shapes}")
     if len({x.ntk is None for x in ks}) > 1:
         raise NtkitError("some branches carry an NTK and others do not")
+

@@ -108,7 +108,7 @@ class Dense(LazyModuleMixin, Layer):
     def initialize_parameters(self, x: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
             if x.ndim < 2:
-                raise NtkitError(f"Dense: input has shape {tuple(x.shape)}; expected (N, features, ...)")
+                raise NtkitError(f"input has shape {tuple(x.shape)}; expected (N, features, ...)")
             self.in_features = int(x.shape[1])
             with torch.no_grad():
                 self.weight.materialize((self.out_features, self.in_features), dtype=x.dtype, device=x.device)
@@ -129,7 +129,7 @@ class Dense(LazyModuleMixin, Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or x.shape[1] != self.in_features:
             raise NtkitError(
-                f"Dense: input has shape {tuple(x.shape)}; expected (N, {self.in_features}, ...)"
+                f"input has shape {tuple(x.shape)}; expected (N, {self.in_features}, ...)"
             )
         channels_last = x.movedim(1, -1)
         if self.parameterization == "ntk":
@@ -145,17 +145,20 @@ class Dense(LazyModuleMixin, Layer):
         k = single(k, "Dense")
         w2 = self.W_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        nngp = torch.add(torch.tensor(b2, dtype=k.dtype, device=k.device), k.nngp, alpha=w2)
+        # Separate multiplies and adds, never fused ones (torch.add with alpha may use an FMA in
+        # some vector lanes and not in others): a pair at correlation 1 then gets exactly the
+        # numbers of a variance, wherever it sits in the matrix.
+        nngp = (k.nngp * w2).add_(b2)
         ntk = None
         if k.ntk is not None:
             if self.parameterization == "ntk":
-                ntk = torch.add(nngp, k.ntk, alpha=w2)
+                ntk = (k.ntk * w2).add_(nngp)
             else:
                 fan_in = k.feature_shape[0]
-                ntk = torch.add(k.nngp * fan_in, k.ntk, alpha=w2)
+                ntk = (k.ntk * w2).add_(k.nngp * fan_in)
                 if self.b_std is not None:
                     ntk += 1.0
-        var1, var2 = k.map_variances(lambda v: v * w2 + b2)
+        var1, var2 = k.map_variances(lambda v: (v * w2).add_(b2))
         return k.replace(
             nngp=nngp,
             ntk=ntk,

@@ -38,7 +38,7 @@ class LayerNorm(Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2:
-            raise NtkitError(f"LayerNorm: input has shape {tuple(x.shape)}; expected (N, features)")
+            raise NtkitError(f"input has shape {tuple(x.shape)}; expected (N, features)")
         return torch.nn.functional.layer_norm(x, x.shape[1:], eps=self.eps)
 
     def kernel_map(self, k: Kernels) -> Kernel:
