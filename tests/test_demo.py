@@ -1,8 +1,10 @@
-"""The digits dataset, the kernel-regression helper and the ``ntkit demo`` command."""
+"""The bundled datasets and the ``ntkit demo`` job (finite networks against their infinite-width limit)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import sys
 from importlib.util import find_spec
 
@@ -11,7 +13,6 @@ import pytest
 import torch
 
 from ntkit import NtkitError
-from ntkit._kernel_regression import kernel_regression
 from ntkit.cli import main
 
 EPS = np.finfo(np.float64).eps
@@ -101,110 +102,160 @@ def test_missing_scikit_learn_names_the_extra(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# _kernel_regression.kernel_regression
+# datasets.load_dataset: the tabular sets bundled with scikit-learn
 
 
-def _psd_kernel(n: int, cond: float, seed: int) -> np.ndarray:
-    """Q diag(eigenvalues) Q^T with eigenvalues spread over [1, cond]: a known condition number."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    return (q * np.geomspace(1.0, cond, n)) @ q.T
+@needs_sklearn
+@pytest.mark.parametrize("name, n, d, classes", [("wine", 178, 13, 3), ("breast_cancer", 569, 30, 2), ("iris", 150, 4, 3)])
+def test_tabular_datasets_are_standardized_on_the_sphere_with_centred_targets(name, n, d, classes):
+    from ntkit.datasets import load_dataset
 
-
-@pytest.mark.parametrize("diag_reg", [0.0, 1e-3, 0.5])
-def test_kernel_regression_matches_a_direct_solve(diag_reg):
-    n, m, c, cond = 40, 7, 3, 1e2
-    k = _psd_kernel(n, cond, seed=0)
-    rng = np.random.default_rng(1)
-    k_sx, y = rng.standard_normal((m, n)), rng.standard_normal((n, c))
-    # Independent formula: the ridge is relative, diag_reg * trace / n (mean diagonal ~ 22 here,
-    # so an absolute ridge would fail for diag_reg > 0).
-    expected = k_sx @ np.linalg.solve(k + diag_reg * np.trace(k) / n * np.eye(n), y)
-    got = kernel_regression(torch.from_numpy(k), torch.from_numpy(k_sx), torch.from_numpy(y), diag_reg)
-    assert got.dtype == torch.float64 and got.shape == (m, c)
-    # Both solves are backward stable: relative error <= O(n * cond * eps) each.
-    tol = n * cond * EPS * np.abs(expected).max()
-    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=tol)
-
-
-def test_kernel_regression_interpolates_without_ridge_and_ignores_kernel_scale():
-    n, cond = 50, 1e3
-    k = torch.from_numpy(_psd_kernel(n, cond, seed=2))
-    y = torch.from_numpy(np.random.default_rng(3).standard_normal(n))  # 1-D targets too
-    fit = kernel_regression(k, k, y, diag_reg=0.0)
-    # K K^{-1} y = y, up to the solve's error n * cond * eps relative to |y|.
-    np.testing.assert_allclose(fit.numpy(), y.numpy(), rtol=0, atol=n * cond * EPS * y.abs().max().item())
-    # With a relative ridge, scaling the kernel by 1000 changes nothing (up to rounding).
-    ridge = kernel_regression(k, k[:5], y, diag_reg=0.1)
-    scaled = kernel_regression(1e3 * k, 1e3 * k[:5], y, diag_reg=0.1)
-    # Scaling rounds K once (eps, relative); the solve amplifies that by cond(K + ridge) = 63
-    # here (mean eigenvalue 152), and n * 10 = 500 leaves room for the two solves' own rounding.
-    tol = n * 10 * EPS * ridge.abs().max().item()
-    np.testing.assert_allclose(scaled.numpy(), ridge.numpy(), rtol=0, atol=tol)
-    assert not torch.allclose(ridge, fit[:5])  # and the ridge does change the fit
-
-
-def test_kernel_regression_errors():
-    k = torch.eye(4)
-    with pytest.raises(NtkitError, match="not positive definite.*increase diag_reg"):
-        kernel_regression(torch.diag(torch.tensor([1.0, 1.0, 1.0, -1.0])), k, torch.ones(4), diag_reg=0.0)
-    with pytest.raises(NtkitError, match=r"k_test_train has shape \(4, 3\)"):
-        kernel_regression(k, torch.ones(4, 3), torch.ones(4))
-    with pytest.raises(NtkitError, match="diag_reg"):
-        kernel_regression(k, k, torch.ones(4), diag_reg=-1.0)
+    data = load_dataset(name)
+    assert data.x_train.shape[0] + data.x_test.shape[0] == n and data.x_train.shape[1] == d
+    for x in (data.x_train, data.x_test):  # |x|^2 / d = 1 up to the rounding of one rescaling
+        np.testing.assert_allclose(x.square().sum(1).numpy() / d, 1.0, rtol=0, atol=16 * EPS)
+    for y, labels in ((data.y_train, data.labels_train), (data.y_test, data.labels_test)):
+        expected = torch.nn.functional.one_hot(labels, classes).double() - 1.0 / classes
+        torch.testing.assert_close(y, expected, rtol=0, atol=EPS)
+        assert abs(float(y.sum(1).abs().max())) < 8 * EPS  # centred: mean over classes 0
+    # Standardized before the projection: no single feature dominates the inputs' directions.
+    share = data.x_train.square().mean(0) / d  # each feature's share of |x|^2 / d
+    assert float(share.max()) < 5.0 / d
+    with pytest.raises(NtkitError, match=r"unknown dataset 'mnist'; choose one of \['digits'"):
+        load_dataset("mnist")
 
 
 # ---------------------------------------------------------------------------------------------
-# the demo
+# the demo's pieces against independent computations
 
 
-# Accuracy threshold for depth >= 1. On this split: NNGP 0.994, NTK 0.9925 at depth 1, and 0.931
-# for the linear kernel (depth 0, the readout alone). One binomial standard error at p = 0.99 on
-# 797 test images is 0.0035, so 0.97 sits ~6 SE below the ReLU kernels (round-off changes of the
-# kernel flip a borderline image or two, 0.13% each) and ~11 SE above the linear kernel: it fails
-# if the hidden layers contributed nothing or predictions were misaligned with labels.
-ACCURACY_THRESHOLD = 0.97
+def test_expected_accuracy_matches_monte_carlo():
+    """Gauss-Hermite integral of P(argmax = label) against sampling the Gaussian outputs."""
+    from ntkit.demo import expected_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    mean = torch.randn(2, 60, 4, generator=generator, dtype=torch.float64) * 0.5
+    mean += torch.nn.functional.one_hot(labels, 4)  # the right class ahead by 1 on average
+    variance = torch.rand(2, 60, generator=generator, dtype=torch.float64) + 0.05
+    exact = expected_accuracy(mean, variance, labels)
+    draws = 20_000
+    noise = torch.randn(draws, 2, 60, 4, generator=generator, dtype=torch.float64)
+    samples = mean + variance.sqrt()[..., None] * noise
+    hits = (samples.argmax(-1) == labels).double()  # (draws, T, m)
+    sampled = hits.mean((0, 2)).numpy()
+    # Standard error of a mean of 60 * 20000 Bernoulli draws (p ~ 0.5): <= 0.5 / sqrt(1.2e6);
+    # 5 standard errors.
+    tolerance = 5 * 0.5 / math.sqrt(draws * 60)
+    np.testing.assert_allclose(exact, sampled, rtol=0, atol=tolerance)
+    # Negative control: doubling the variance (a plausible sqrt slip) moves it far outside.
+    assert np.abs(expected_accuracy(mean, 2 * variance, labels) - sampled).max() > 4 * tolerance
+    # With a vanishing variance it is the accuracy of the mean.
+    tiny = expected_accuracy(mean, torch.full_like(variance, 1e-20), labels)
+    np.testing.assert_allclose(tiny, (mean.argmax(-1) == labels).double().mean(-1).numpy(), atol=1e-12)
 
 
 @needs_sklearn
-def test_concatenated_kernel_slices_equal_the_cross_kernel(digits):
-    from ntkit.demo import relu_mlp
+def test_readout_training_is_exactly_the_closed_form_with_the_empirical_kernel():
+    """Training the readout only is a linear model: after t steps its test outputs are those of
+    gradient_descent_mse with the finite network's own readout kernel
+    K = W_std^2 h(x) h(x')^T / width + b_std^2 (h the fixed hidden features), from the same f_0.
+    This checks the training loop's loss, learning rate and steps against the library's
+    convention independently of the infinite-width limit."""
+    from ntkit import predict
+    from ntkit.datasets import load_dataset
+    from ntkit.demo import READOUT_B_STD, READOUT_W_STD, checkpoints, mlp, train
 
-    net = relu_mlp(2)
-    k = net.kernel(torch.cat([digits.x_train[:100], digits.x_test[:60]]))
-    cross = net.kernel(digits.x_test[:60], digits.x_train[:100])
-    for name in ("nngp", "ntk"):  # the same pairwise formula: equal to a few ulps
-        np.testing.assert_allclose(
-            getattr(k, name)[100:, :100].numpy(), getattr(cross, name).numpy(), rtol=1e-13, atol=0
-        )
+    data = load_dataset("iris")
+    torch.manual_seed(3)
+    net = mlp(256, 3)
+    net(data.x_train[:1].float())
+    steps = checkpoints(60, 8)
+    f0_train, f0_test, trained = train(net, data, 0.5, steps, readout_only=True)
+    with torch.no_grad():
+        h_train, h_test = (net[0](x.float()).double() for x in (data.x_train, data.x_test))
+    width = h_train.shape[1]
+    k_train = READOUT_W_STD**2 * h_train @ h_train.T / width + READOUT_B_STD**2
+    k_test = READOUT_W_STD**2 * h_test @ h_train.T / width + READOUT_B_STD**2
+    exact = predict.gradient_descent_mse(k_train, data.y_train, 0.5, discrete=True)(
+        torch.as_tensor(steps, dtype=torch.float64), f0_train, f0_test, k_test
+    ).test
+    # float32 training: each of <= 60 steps rounds the outputs (O(1)) to ~1e-7 relative, and the
+    # contracting dynamics do not amplify it: 60 * 1e-7 * 10 ~ 1e-4.
+    torch.testing.assert_close(trained, exact, rtol=0, atol=1e-4)
+    # Negative control: the loss without the 1/2 (time running twice as fast) is far off.
+    wrong = predict.gradient_descent_mse(k_train, data.y_train, 1.0, discrete=True)(
+        torch.as_tensor(steps, dtype=torch.float64), f0_train, f0_test, k_test
+    ).test
+    assert float((trained - wrong).abs().max()) > 1e-2
 
 
 @needs_sklearn
-def test_linear_kernel_stays_below_the_threshold(digits):
-    # Negative control of ACCURACY_THRESHOLD: without hidden layers the test would fail.
-    from ntkit.demo import accuracies
+def test_infinite_curves_start_at_the_prior():
+    """At step 0 the expected test loss is (|y|^2 + C tr K(x*, x*)) / 2N, from the NNGP of the
+    test inputs computed directly, and the expected accuracy that of outputs N(0, K)."""
+    from ntkit import predict
+    from ntkit.datasets import load_dataset
+    from ntkit.demo import _infinite_curves, mlp
 
-    nngp, ntk, _ = accuracies(digits, depth=0)
-    assert max(nngp, ntk) < ACCURACY_THRESHOLD
+    data = load_dataset("wine")
+    net = mlp(1, 3)
+    k = net.kernel(torch.cat([data.x_train, data.x_test]))
+    n = data.x_train.shape[0]
+    lr = 0.5 * predict.max_learning_rate(k.ntk[:n, :n], data.y_train.numel())
+    curves = _infinite_curves(k, data, lr, np.array([0, 20, 200]))["ntk"]
+    k_tt = net.kernel(data.x_test).nngp
+    expected = (data.y_test.square().sum() + 3 * torch.trace(k_tt)) / (2 * data.y_test.numel())
+    assert curves.loss[0] == pytest.approx(float(expected), rel=1e-12)
+    assert 0.2 < curves.accuracy[0] < 0.45  # about 1/3: at initialization the guess is random
+    assert curves.loss[2] < curves.loss[1] < curves.loss[0] and curves.accuracy[2] > 0.8
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    from ntkit.demo import run
+
+    for kwargs, pattern in (
+        (dict(widths=(64,)), r"widths must be at least two distinct positive integers, got \(64,\)"),
+        (dict(steps=0), r"steps must be a positive integer, got 0"),
+        (dict(dataset="cifar"), r"unknown dataset 'cifar'"),
+    ):
+        with pytest.raises(NtkitError, match=pattern):
+            run(out=tmp_path, progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
 
 
 @needs_demo
-def test_cli_demo_quick_writes_figure_and_accurate_table(tmp_path, capsys):
+def test_cli_demo_writes_figure_curves_and_summary_that_agree(tmp_path, capsys):
     out = tmp_path / "demo"
     threads = torch.get_num_threads()
-    assert main(["demo", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    argv = ["demo", "--dataset", "iris", "--widths", "16", "256", "--steps", "40", "--threads", "1",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
     assert torch.get_num_threads() == threads  # restored for the rest of the process
-    figure = out / "accuracy_vs_depth.png"
+    figure = out / "finite_vs_infinite.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert str(figure.resolve()) in printed
-    with open(out / "accuracy_vs_depth.csv") as f:
+    summary = json.loads((out / "finite_vs_infinite.json").read_text())
+    assert summary["dataset"] == "iris" and summary["widths"] == [16, 256] and summary["steps"] == 40
+    with open(out / "finite_vs_infinite.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["depth"]) for r in rows] == [1, 2]
-    for r in rows:
-        assert float(r["ntk_accuracy"]) > ACCURACY_THRESHOLD
-        assert float(r["nngp_accuracy"]) > ACCURACY_THRESHOLD
-        assert f"{float(r['ntk_accuracy']):.4f}" in printed  # the table printed is the one saved
+    last = [r for r in rows if r["step"] == "40"]
+    assert {(r["regime"], r["width"]) for r in last} == {(g, w) for g in ("ntk", "nngp") for w in ("16", "256", "inf")}
+    for r in last:  # the CSV, the JSON and the printed table hold the same numbers
+        final = summary["final"][r["regime"]][r["width"]]
+        assert float(r["test_loss"]) == pytest.approx(final["test_loss"], rel=1e-5)
+        assert f"{final['test_loss']:.4f}" in printed
+    # The finite networks approach the infinite-width one: 16 times wider, about 4 times closer
+    # (width^-1/2); "closer" is robust to the spread of a single network's distance.
+    for regime in ("ntk", "nngp"):
+        d = summary["distance_to_infinite_width"][regime]
+        assert d["256"] < 0.6 * d["16"], (regime, d)
+    # After 40 steps the infinite-width network has learned (iris: chance is 1/3).
+    assert summary["final"]["ntk"]["inf"]["test_accuracy"] > 0.8
 
 
 def test_cli_version(capsys):

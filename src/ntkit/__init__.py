@@ -1,6 +1,8 @@
 """ntkit: wide neural networks and their infinite-width kernels, for PyTorch."""
 
+from . import predict
 from ._errors import NtkitError
+from .empirical import empirical_nngp, empirical_ntk, linearize, monte_carlo_kernel, taylor_expand
 from .kernel import Kernel
 from .layers import (
     GELU, ABReLU, Abs, Activation, Cos, Dense, Dropout, Elementwise, Erf, Exp, FanInConcat,
@@ -16,5 +18,6 @@ __all__ = [
     "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "GELU", "Gaussian", "Hermite",
     "Identity", "Kernel", "Layer", "LayerNorm", "LeakyReLU", "Monomial", "NtkitError",
     "Parallel", "Polynomial", "Rbf", "RectifiedMonomial", "ReLU", "Serial", "Sigmoid", "Sign",
-    "Sin", "Softplus", "Tanh", "parallel", "serial",
+    "Sin", "Softplus", "Tanh", "empirical_nngp", "empirical_ntk", "linearize", "monte_carlo_kernel",
+    "parallel", "predict", "serial", "taylor_expand",
 ]

@@ -21,35 +21,42 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from . import demo
+    from .datasets import DATASETS
 
     job = commands.add_parser(
         "demo",
-        help="NNGP and NTK regression on digits against depth: a table and a figure",
+        help="finite networks trained in PyTorch against their infinite-width limit: a figure",
         description=(
-            "For 1 to 8 hidden layers, compute the NNGP and NTK of a ReLU MLP on the "
-            "scikit-learn digits, classify the test images by kernel regression, and plot "
-            "test accuracy against depth."
+            "Train one-hidden-layer ReLU networks of several widths by full-batch gradient "
+            "descent (all layers, and the readout only), compute the same training at infinite "
+            "width in closed form (NTK and NNGP), and plot test loss and accuracy against steps "
+            "and the distance to the infinite-width network against width."
         ),
     )
     job.add_argument("--out", default="ntkit-demo", help="output directory (default: %(default)s)")
-    depths = job.add_mutually_exclusive_group()
-    depths.add_argument(
-        "--depths", type=int, nargs="+", default=demo.DEFAULT_DEPTHS, metavar="D",
-        help="numbers of hidden layers (default: 1 to 8)",
+    job.add_argument(
+        "--dataset", choices=DATASETS, default="digits",
+        help="bundled dataset (default: %(default)s; all ship with scikit-learn)",
     )
-    depths.add_argument(
+    job.add_argument(
+        "--widths", type=_positive_int, nargs="+", default=None, metavar="W",
+        help=f"hidden widths (default: {' '.join(map(str, demo.DEFAULT_WIDTHS))})",
+    )
+    job.add_argument(
+        "--steps", type=_positive_int, default=None, metavar="T",
+        help=f"gradient-descent steps (default: {demo.DEFAULT_STEPS})",
+    )
+    job.add_argument(
         "--quick", action="store_true",
-        help=f"only depths {', '.join(map(str, demo.QUICK_DEPTHS))} (a smoke test)",
+        help=f"widths {' '.join(map(str, demo.QUICK_WIDTHS))} and {demo.QUICK_STEPS} steps (about 30 s)",
     )
+    job.add_argument("--seed", type=int, default=0, help="seed of the split and the initializations")
     job.add_argument(
         "--threads", type=_positive_int, default=None, metavar="N",
         help="CPU threads of torch and BLAS (default: all cores; 1 can be much faster when "
         "other processes keep the cores busy)",
     )
-    job.add_argument(
-        "--diag-reg", type=float, default=demo.DIAG_REG,
-        help="ridge relative to the kernel's mean diagonal (default: %(default)g)",
-    )
+    job.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -86,21 +93,24 @@ def _threads(n: int | None) -> Iterator[None]:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    widths = args.widths or (demo.QUICK_WIDTHS if args.quick else demo.DEFAULT_WIDTHS)
+    steps = args.steps or (demo.QUICK_STEPS if args.quick else demo.DEFAULT_STEPS)
     start = time.perf_counter()
     with _threads(args.threads):
         result = demo.run(
-            out=args.out,
-            depths=demo.QUICK_DEPTHS if args.quick else args.depths,
-            diag_reg=args.diag_reg,
+            out=args.out, dataset=args.dataset, widths=widths, steps=steps, seed=args.seed,
+            progress=not args.no_progress,
         )
     print(
-        f"Kernel regression on digits ({result.n_train} train / {result.n_test} test), "
-        f"ReLU MLPs of infinite width:"
+        f"{result.dataset}: {result.n_train} train / {result.n_test} test, one-hidden-layer ReLU "
+        f"networks after {result.steps[-1]} steps of gradient descent (learning rate "
+        f"{result.learning_rate:.3g}), against infinite width:"
     )
     print(demo.format_table(result))
     print(f"done in {time.perf_counter() - start:.1f} s")
     print(f"figure saved to {result.figure.resolve()}")
-    print(f"table saved to {result.table.resolve()}")
+    print(f"curves saved to {result.table.resolve()}")
+    print(f"summary saved to {result.summary.resolve()}")
     return 0
 
 

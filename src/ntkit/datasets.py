@@ -120,6 +120,58 @@ def load_digits(test_size: int | float = 797, seed: int = 0, normalize: str = "e
     )
 
 
+#: Datasets bundled with scikit-learn (nothing to download): name -> (loader, default test size).
+TABULAR = {
+    "wine": ("load_wine", 0.33),
+    "breast_cancer": ("load_breast_cancer", 0.3),
+    "iris": ("load_iris", 0.33),
+}
+DATASETS = ("digits",) + tuple(TABULAR)
+
+
+def load_dataset(name: str = "digits", test_size: int | float | None = None, seed: int = 0) -> Dataset:
+    """A bundled classification dataset by name: ``"digits"`` (see :func:`load_digits`),
+    ``"wine"`` (178 x 13, 3 classes), ``"breast_cancer"`` (569 x 30, 2 classes) or ``"iris"``
+    (150 x 4, 3 classes), all shipped with scikit-learn, so nothing is downloaded.
+
+    The tabular datasets' features have different units, so each is first standardized with the
+    training set's mean and standard deviation, then every example is put on the sphere of
+    radius :math:`\\sqrt{d}` as for the digits (input kernel :math:`K(x, x) = 1`). Targets are
+    centred one-hot vectors, :math:`e_c - 1/C` (``1/C`` = 0.1 for the ten digits), whose mean over
+    classes is 0 like a network's outputs at initialization. The split is stratified and seeded;
+    ``test_size`` defaults to 797 images for the digits and about a third of the tabular sets.
+    """
+    if name == "digits":
+        return load_digits(797 if test_size is None else test_size, seed=seed)
+    if name not in TABULAR:
+        raise NtkitError(f"load_dataset: unknown dataset {name!r}; choose one of {list(DATASETS)}")
+    loader, default_test = TABULAR[name]
+    try:
+        import sklearn.datasets
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ImportError(
+            f"ntkit.datasets.load_dataset({name!r}) needs scikit-learn, which ships the data; "
+            "install it with: pip install ntkit[demo]"
+        ) from error
+    raw = getattr(sklearn.datasets, loader)()
+    x_train, x_test, labels_train, labels_test = train_test_split(
+        raw.data.astype(np.float64), raw.target, test_size=default_test if test_size is None else test_size,
+        stratify=raw.target, random_state=seed,
+    )
+    x_train, x_test = _normalize(x_train, x_test, "feature")
+    x_train, x_test = _to_sphere(x_train), _to_sphere(x_test)
+    n_classes = len(raw.target_names)
+    return Dataset(
+        x_train=torch.from_numpy(x_train),
+        y_train=_centred_one_hot(labels_train, n_classes),
+        x_test=torch.from_numpy(x_test),
+        y_test=_centred_one_hot(labels_test, n_classes),
+        labels_train=torch.from_numpy(labels_train.astype(np.int64)),
+        labels_test=torch.from_numpy(labels_test.astype(np.int64)),
+    )
+
+
 def _normalize(x_train: np.ndarray, x_test: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     if how == "example":
         return _to_sphere(x_train), _to_sphere(x_test)
@@ -136,6 +188,7 @@ def _to_sphere(x: np.ndarray) -> np.ndarray:
 
 
 def _centred_one_hot(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    y = np.full((len(labels), n_classes), -0.1)
-    y[np.arange(len(labels)), labels] = 0.9
+    """``e_c - 1/C``: 0.9 and -0.1 for the ten digits."""
+    y = np.full((len(labels), n_classes), -1.0 / n_classes)
+    y[np.arange(len(labels)), labels] += 1.0
     return torch.from_numpy(y)

@@ -1,34 +1,55 @@
-"""The ``ntkit demo`` job: how deep should an infinitely wide ReLU network be to classify digits?
+"""The ``ntkit demo`` job: finite networks trained in PyTorch approach their infinite-width limit.
 
-For each depth, the NNGP and the NTK of a ReLU MLP are computed on the scikit-learn digits
-(1000 training and 797 test images), used for kernel regression on centred one-hot targets,
-and scored by test accuracy. The result is a table, a CSV file and a figure.
+On a bundled dataset (the scikit-learn digits by default), one-hidden-layer ReLU networks of
+several widths, in the NTK parameterization, are trained by full-batch gradient descent on the
+squared error of neural-tangents, ``||f(X) - Y||^2 / (2 Y.numel())``, twice from the same
+initialization: all layers (whose infinite-width limit is the NTK dynamics) and the readout layer
+only (the NNGP dynamics). Beside them, ``ntkit.predict`` gives the same training in closed form at
+infinite width: the test loss and accuracy expected over initializations, and, for each finite
+network, the outputs of the infinitely wide network started from the same initial function.
+The distance between the two shrinks as ``width**-1/2`` (Lee et al. 2019, Theorem 2.1).
+
+Writes a figure (PNG), the curves (CSV) and a summary (JSON), and returns a ``DemoResult``.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import predict
 from ._errors import NtkitError
-from ._kernel_regression import kernel_regression
-from .datasets import Dataset, load_digits
+from .datasets import DATASETS, Dataset, load_dataset
 from .layers import Dense, ReLU, Serial, serial
 
-DEFAULT_DEPTHS = tuple(range(1, 9))
-QUICK_DEPTHS = (1, 2)
-WIDTH = 512  # the finite network's width; the kernels do not depend on it
-W_STD = math.sqrt(2.0)  # He initialization: ReLU layers then keep the signal's variance
+DEFAULT_WIDTHS = (64, 256, 1024, 4096)
+QUICK_WIDTHS = (64, 256, 1024)
+DEFAULT_STEPS = 1000
+QUICK_STEPS = 300
+W_STD = math.sqrt(2.0)  # He initialization: ReLU layers keep the signal's variance
 B_STD = 0.1
-DIAG_REG = 1e-4
-FIGURE = "accuracy_vs_depth.png"
-TABLE = "accuracy_vs_depth.csv"
+READOUT_W_STD, READOUT_B_STD = W_STD, B_STD
+ACTIVATION = ReLU
+LR_FRACTION = 0.5  # of the largest stable learning rate: the top kernel mode is learned in one step
+CHECKPOINTS = 40  # log-spaced evaluation steps
+REGIMES = ("ntk", "nngp")  # all layers trained / readout only
+FIGURE, TABLE, SUMMARY = "finite_vs_infinite.png", "finite_vs_infinite.csv", "finite_vs_infinite.json"
+
+
+class Curves(NamedTuple):
+    """Test loss and accuracy at each checkpoint (arrays of the checkpoints' length)."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
 
 
 class DemoResult(NamedTuple):
@@ -36,145 +57,414 @@ class DemoResult(NamedTuple):
 
     Attributes
     ----------
-    depths : tuple of int
-        Numbers of hidden layers.
-    nngp_accuracy, ntk_accuracy : tuple of float
-        Test accuracy (fraction of test images classified right) at each depth.
-    kernel_seconds : tuple of float
-        Time to compute both kernels of the 1797 x 1797 train+test set at each depth.
-    n_train, n_test : int
-    figure, table : Path
-        The PNG figure and the CSV table.
+    dataset : str
+    n_train, n_test, n_classes : int
+    widths : tuple of int
+    steps : ndarray of int
+        The checkpoints (gradient-descent steps) at which test outputs were evaluated.
+    learning_rate : float
+    finite : dict
+        ``finite[regime][width]``: the :class:`Curves` of the network trained in PyTorch, for
+        ``regime`` "ntk" (all layers trained) and "nngp" (readout only).
+    infinite : dict
+        ``infinite[regime]``: the curves of an infinitely wide network, in expectation over
+        initializations (closed form).
+    distance : dict
+        ``distance[regime]``, shape (len(widths), len(steps)): the root-mean-square difference
+        between the test outputs of the finite network and those of the infinitely wide network
+        started from the same initial outputs, at each checkpoint.
+    slope : dict
+        ``slope[regime]``, shape (len(steps),): the least-squares slope of log distance against
+        log width at each checkpoint (NaN at step 0, where the distance is 0).
+    seconds : float
+    figure, table, summary : Path
     """
 
-    depths: tuple[int, ...]
-    nngp_accuracy: tuple[float, ...]
-    ntk_accuracy: tuple[float, ...]
-    kernel_seconds: tuple[float, ...]
+    dataset: str
     n_train: int
     n_test: int
+    n_classes: int
+    widths: tuple[int, ...]
+    steps: np.ndarray
+    learning_rate: float
+    finite: dict
+    infinite: dict
+    distance: dict
+    slope: dict
+    seconds: float
     figure: Path
     table: Path
+    summary: Path
 
 
-def relu_mlp(depth: int, out_features: int = 10) -> Serial:
-    """``depth`` hidden layers ``Dense(512, W_std=sqrt(2), b_std=0.1) -> ReLU``, then a readout."""
-    hidden = []
-    for _ in range(depth):
-        hidden += [Dense(WIDTH, W_std=W_STD, b_std=B_STD), ReLU()]
-    return serial(*hidden, Dense(out_features, W_std=W_STD, b_std=B_STD))
+def mlp(width: int, outputs: int) -> Serial:
+    """``serial(serial(Dense(width), ReLU()), Dense(outputs))``: the hidden block first, so that
+    ``net[0]`` gives the features the readout ``net[1]`` is trained on."""
+    hidden = serial(Dense(width, W_std=W_STD, b_std=B_STD), ACTIVATION())
+    return serial(hidden, Dense(outputs, W_std=READOUT_W_STD, b_std=READOUT_B_STD))
 
 
-def accuracies(
-    data: Dataset, depth: int, diag_reg: float = DIAG_REG
-) -> tuple[float, float, float]:
-    """``(nngp_accuracy, ntk_accuracy, kernel_seconds)`` of kernel regression at one depth.
+def checkpoints(steps: int, count: int = CHECKPOINTS) -> np.ndarray:
+    """0 and about ``count`` log-spaced whole steps up to ``steps``."""
+    return np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, count))])).astype(int)
 
-    Both kernels of the train and test inputs together come from one symmetric call
-    (``x2=None`` computes each pair once); the train-train and test-train blocks are slices.
+
+def train(net: Serial, data: Dataset, learning_rate: float, steps: np.ndarray, readout_only: bool, bar=None):
+    """Full-batch gradient descent in PyTorch (float32), ``p -= learning_rate * grad``.
+
+    Returns ``(f0_train, f0_test, test_outputs)`` in float64: the initial outputs and the test
+    outputs at each of ``steps``, shape (len(steps), n_test, outputs).
     """
-    n_train = data.x_train.shape[0]
-    x = torch.cat([data.x_train, data.x_test])
-    start = time.perf_counter()
-    k = relu_mlp(depth, data.y_train.shape[1]).kernel(x, dtype=torch.float64, progress=False)
-    seconds = time.perf_counter() - start
-    scores = []
-    for matrix in (k.nngp, k.ntk):
-        prediction = kernel_regression(
-            matrix[:n_train, :n_train], matrix[n_train:, :n_train], data.y_train, diag_reg
-        )
-        scores.append((prediction.argmax(dim=1) == data.labels_test).double().mean().item())
-    return scores[0], scores[1], seconds
+    x_train, x_test, y = (a.float() for a in (data.x_train, data.x_test, data.y_train))
+    model = net
+    if readout_only:
+        with torch.no_grad():
+            x_train, x_test = net[0](x_train), net[0](x_test)  # fixed features
+        model = net[1]
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    wanted = set(steps.tolist())
+    outputs = []
+    with torch.no_grad():
+        f0_train = model(x_train).double()
+    for step in range(int(steps[-1]) + 1):
+        if step in wanted:
+            with torch.no_grad():
+                outputs.append(model(x_test).double())
+        if step == steps[-1]:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss = (model(x_train) - y).square().sum() / (2 * y.numel())
+        loss.backward()
+        optimizer.step()
+        if bar is not None:
+            bar.update(1)
+    return f0_train, outputs[0], torch.stack(outputs)
+
+
+def expected_accuracy(mean: torch.Tensor, variance: torch.Tensor, labels: torch.Tensor, nodes: int = 48) -> np.ndarray:
+    """Accuracy of one random network of the infinite ensemble, averaged over initializations.
+
+    At infinite width the outputs at a test input are independent Gaussians
+    :math:`\\mathcal N(\\mu_c, s^2)` with a common variance, so the probability that the right
+    class :math:`l` scores highest is :math:`\\int \\phi(z) \\prod_{c \\ne l}
+    \\Phi\\big((\\mu_l - \\mu_c)/s + z\\big)\\, dz`, computed by Gauss-Hermite quadrature.
+
+    ``mean`` (T, m, C), ``variance`` (T, m); returns (T,).
+    """
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    z = torch.as_tensor(z, dtype=mean.dtype)
+    w = torch.as_tensor(w / math.sqrt(2 * math.pi), dtype=mean.dtype)
+    index = labels.to(mean.device)[None, :, None].expand(mean.shape[0], -1, 1)
+    right = mean.gather(-1, index)  # (T, m, 1)
+    scale = variance.clamp(min=1e-300).sqrt()[..., None]
+    gap = ((right - mean) / scale)[..., None] + z  # (T, m, C, nodes)
+    cdf = torch.special.ndtr(gap)
+    cdf = cdf.scatter(-2, index[..., None].expand(-1, -1, 1, z.shape[0]), 1.0)  # c = l: factor 1
+    probability = (cdf.prod(-2) * w).sum(-1)  # (T, m)
+    return probability.mean(-1).cpu().numpy()
+
+
+def _curves(outputs: torch.Tensor, data: Dataset) -> Curves:
+    loss = (outputs - data.y_test).square().sum((-1, -2)) / (2 * data.y_test.numel())
+    accuracy = (outputs.argmax(-1) == data.labels_test).double().mean(-1)
+    return Curves(loss.numpy(), accuracy.numpy())
 
 
 def run(
     out: str | Path = "ntkit-demo",
-    depths: Sequence[int] = DEFAULT_DEPTHS,
-    diag_reg: float = DIAG_REG,
+    dataset: str = "digits",
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:
-    """Accuracy of NNGP and NTK regression on digits against depth; writes a figure and a CSV.
+    """Train finite networks of each width, compute their infinite-width limit, write the results.
 
     Parameters
     ----------
     out : path
-        Directory for ``accuracy_vs_depth.png`` and ``accuracy_vs_depth.csv`` (created).
-    depths : sequence of int
-        Numbers of hidden layers to try (0 is the linear kernel of the readout alone).
-    diag_reg : float
-        Ridge, relative to the mean of the kernel's diagonal (see ``kernel_regression``).
+        Directory for the figure, the CSV curves and the JSON summary (created).
+    dataset : str
+        One of :data:`ntkit.datasets.DATASETS`.
+    widths : sequence of int
+        Hidden widths of the finite networks (at least two, for the slope).
+    steps : int
+        Gradient-descent steps, at half the largest stable learning rate of the infinite-width NTK.
+    seed : int
+        Seeds the split of the data and the initializations.
     progress : bool
-        Show a progress bar over depths.
+        Show a progress bar over training steps.
     """
-    depths = tuple(int(d) for d in depths)
-    if not depths or min(depths) < 0:
-        raise NtkitError(f"demo: depths must be integers >= 0, got {depths!r}")
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2 or min(widths) < 1 or len(set(widths)) != len(widths):
+        raise NtkitError(f"demo: widths must be at least two distinct positive integers, got {widths!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise NtkitError(f"demo: steps must be a positive integer, got {steps!r}")
+    if dataset not in DATASETS:
+        raise NtkitError(f"demo: unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_digits()
-    rows = []
-    for depth in tqdm(depths, desc="ntkit demo: depth", unit="net", disable=not progress):
-        rows.append(accuracies(data, depth, diag_reg))
-    nngp, ntk, seconds = (tuple(column) for column in zip(*rows))
+    data = load_dataset(dataset, seed=seed)
+    grid = checkpoints(steps)
+    n_train = data.x_train.shape[0]
+    # The kernels of all inputs at once: they do not depend on the width.
+    k = mlp(1, data.y_train.shape[1]).kernel(torch.cat([data.x_train, data.x_test]))
+    learning_rate = LR_FRACTION * predict.max_learning_rate(k.ntk[:n_train, :n_train], data.y_train.numel())
+    infinite = _infinite_curves(k, data, learning_rate, grid)
+    finite, distance = _train_and_compare(k, data, learning_rate, grid, widths, seed, progress)
+    slope = {
+        regime: np.array([np.polyfit(np.log(widths), np.log(d), 1)[0] if s > 0 else np.nan
+                          for s, d in zip(grid, distance[regime].T)])
+        for regime in REGIMES
+    }
     result = DemoResult(
-        depths, nngp, ntk, seconds, data.x_train.shape[0], data.x_test.shape[0],
-        figure=out / FIGURE, table=out / TABLE,
+        dataset, n_train, data.x_test.shape[0], data.y_train.shape[1], widths, grid, learning_rate, finite, infinite,
+        distance, slope, time.perf_counter() - start, out / FIGURE, out / TABLE, out / SUMMARY,
     )
     _write_table(result)
-    plot(result, diag_reg)
+    _write_summary(result)
+    plot(result)
     return result
 
 
+def _infinite_curves(k, data: Dataset, learning_rate: float, grid: np.ndarray) -> dict:
+    """Expected test loss and accuracy of an infinitely wide network at every checkpoint."""
+    n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
+    ensemble = predict.gradient_descent_mse_ensemble(
+        precomputed(k), torch.arange(n_train), data.y_train, learning_rate, discrete=True
+    )
+    test = torch.arange(n_train, n_train + n_test)
+    t = torch.as_tensor(grid, dtype=torch.float64)
+    curves = {}
+    for regime in REGIMES:
+        mean, cov = ensemble(test, t=t, get=regime, compute_cov=True)
+        variance = cov.diagonal(dim1=-2, dim2=-1)
+        # E||f - y||^2 = ||mu - y||^2 + C tr(Sigma): each of the C outputs has covariance Sigma.
+        squared = (mean - data.y_test).square().sum((-1, -2)) + data.y_test.shape[1] * variance.sum(-1)
+        loss = squared / (2 * data.y_test.numel())
+        curves[regime] = Curves(loss.numpy(), expected_accuracy(mean, variance, data.labels_test))
+    return curves
+
+
+def _train_and_compare(k, data: Dataset, learning_rate, grid, widths, seed, progress):
+    """Train each width twice from one initialization; compare each network with the infinitely
+    wide network started from the same initial outputs. Returns the curves and the distances,
+    ``distance[regime]`` of shape (len(widths), len(grid))."""
+    n_train = data.x_train.shape[0]
+    single = {
+        regime: predict.gradient_descent_mse(
+            getattr(k, regime)[:n_train, :n_train], data.y_train, learning_rate, discrete=True
+        )
+        for regime in REGIMES
+    }
+    t = torch.as_tensor(grid, dtype=torch.float64)
+    finite = {regime: {} for regime in REGIMES}
+    distance = {regime: np.zeros((len(widths), len(grid))) for regime in REGIMES}
+    total = 2 * len(widths) * int(grid[-1])
+    with tqdm(total=total, desc="ntkit demo: training", unit="step", disable=not progress) as bar:
+        for i, width in enumerate(widths):
+            torch.manual_seed(seed * 100_003 + width)
+            base = mlp(width, data.y_train.shape[1])
+            base(data.x_train[:1].float())  # materialize the lazy layers
+            for regime in REGIMES:
+                bar.set_postfix_str(f"width {width}, {LABELS[regime]}")
+                f0_train, f0_test, trained = train(
+                    copy.deepcopy(base), data, learning_rate, grid, readout_only=regime == "nngp", bar=bar
+                )
+                finite[regime][width] = _curves(trained, data)
+                cross = getattr(k, regime)[n_train:, :n_train]
+                limit = single[regime](t, f0_train, f0_test, cross).test
+                distance[regime][i] = (trained - limit).square().mean((-1, -2)).sqrt().numpy()
+    return finite, distance
+
+
+class _Kernels(NamedTuple):
+    nngp: torch.Tensor
+    ntk: torch.Tensor
+
+
+def precomputed(k) -> callable:
+    """A ``kernel_fn(i, j, get)`` for ``ntkit.predict`` that slices the kernels ``k`` of a fixed
+    set of inputs: the "inputs" are index tensors into that set."""
+    def kernel_fn(i: torch.Tensor, j: torch.Tensor | None, get) -> _Kernels:
+        j = i if j is None else j
+        return _Kernels(k.nngp[i][:, j], k.ntk[i][:, j])
+
+    return kernel_fn
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+LABELS = {"ntk": "all layers trained", "nngp": "readout only"}
+EARLY_STEP = 30  # the figure and table also show the distance after about this many steps
+
+
+def _early(result: DemoResult) -> int:
+    """Index of the checkpoint closest to EARLY_STEP (in log scale), at least step 1."""
+    steps = result.steps.astype(float)
+    return int(np.argmin(np.abs(np.log(np.maximum(steps, 0.5)) - np.log(EARLY_STEP))))
+
+
 def format_table(result: DemoResult) -> str:
-    """The accuracies as a fixed-width text table, one row per depth."""
-    lines = [f"{'hidden layers':>13}  {'NNGP acc':>8}  {'NTK acc':>8}  {'kernels (s)':>11}"]
-    columns = (result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds)
-    for depth, a, b, s in zip(*columns):
-        lines.append(f"{depth:>13d}  {a:>8.4f}  {b:>8.4f}  {s:>11.3f}")
+    """Loss, accuracy and distance to the infinite-width network at the last step, per width."""
+    lines = [f"{'width':>7}  " + "  ".join(f"{LABELS[r] + ': loss':>24} {'acc':>6} {'distance':>9}" for r in REGIMES)]
+    for i, width in enumerate(result.widths):
+        cells = [
+            f"{result.finite[r][width].loss[-1]:>24.4f} {result.finite[r][width].accuracy[-1]:>6.1%} "
+            f"{result.distance[r][i, -1]:>9.4f}"
+            for r in REGIMES
+        ]
+        lines.append(f"{width:>7d}  " + "  ".join(cells))
+    cells = [f"{result.infinite[r].loss[-1]:>24.4f} {result.infinite[r].accuracy[-1]:>6.1%} {'0':>9}" for r in REGIMES]
+    lines.append(f"{'inf':>7}  " + "  ".join(cells) + "   (expected over initializations)")
+    early, last = _early(result), len(result.steps) - 1
+    slopes = ", ".join(
+        f"{LABELS[r]} {result.slope[r][early]:+.2f} / {result.slope[r][last]:+.2f}" for r in REGIMES
+    )
+    lines.append(
+        f"distance ~ width^slope after {result.steps[early]} / {result.steps[last]} steps: {slopes} "
+        "(theory: -0.50 as width -> infinity)"
+    )
     return "\n".join(lines)
 
 
 def _write_table(result: DemoResult) -> None:
-    lines = ["depth,nngp_accuracy,ntk_accuracy,kernel_seconds"]
-    columns = (result.depths, result.nngp_accuracy, result.ntk_accuracy, result.kernel_seconds)
-    for depth, a, b, s in zip(*columns):
-        lines.append(f"{depth},{a:.6f},{b:.6f},{s:.4f}")
+    lines = ["regime,width,step,test_loss,test_accuracy,distance_to_infinite_width"]
+    for regime in REGIMES:
+        for i, width in enumerate(result.widths):
+            curves = result.finite[regime][width]
+            for j, step in enumerate(result.steps):
+                lines.append(
+                    f"{regime},{width},{step},{curves.loss[j]:.6g},{curves.accuracy[j]:.6g},"
+                    f"{result.distance[regime][i, j]:.6g}"
+                )
+        curves = result.infinite[regime]
+        for j, step in enumerate(result.steps):
+            lines.append(f"{regime},inf,{step},{curves.loss[j]:.6g},{curves.accuracy[j]:.6g},0")
     result.table.write_text("\n".join(lines) + "\n")
 
 
-def plot(result: DemoResult, diag_reg: float = DIAG_REG) -> Path:
-    """Draw test accuracy against depth for both kernels into ``result.figure`` (PNG)."""
+def _write_summary(result: DemoResult) -> None:
+    def final(curves: Curves) -> dict:
+        return {"test_loss": float(curves.loss[-1]), "test_accuracy": float(curves.accuracy[-1])}
+
+    early = _early(result)
+    summary = {
+        "dataset": result.dataset,
+        "n_train": result.n_train,
+        "n_test": result.n_test,
+        "architecture": f"Dense(width, W_std={W_STD:.6g}, b_std={B_STD}) -> {ACTIVATION.__name__} -> "
+        f"Dense(outputs, W_std={READOUT_W_STD:.6g}, b_std={READOUT_B_STD}), NTK parameterization",
+        "loss": "||f - y||^2 / (2 y.numel()), full-batch gradient descent, float32",
+        "learning_rate": result.learning_rate,
+        "steps": int(result.steps[-1]),
+        "widths": list(result.widths),
+        "final": {
+            r: {**{str(w): final(result.finite[r][w]) for w in result.widths}, "inf": final(result.infinite[r])}
+            for r in REGIMES
+        },
+        "distance_to_infinite_width": {
+            r: {str(w): float(result.distance[r][i, -1]) for i, w in enumerate(result.widths)} for r in REGIMES
+        },
+        "distance_slope": {
+            r: {f"step {result.steps[early]}": float(result.slope[r][early]),
+                f"step {result.steps[-1]}": float(result.slope[r][-1])}
+            for r in REGIMES
+        },
+        "seconds": result.seconds,
+    }
+    result.summary.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def plot(result: DemoResult) -> Path:
+    """The figure: loss and accuracy against steps per width with the infinite-width curves, for
+    both regimes, and the distance to the infinite-width network against width."""
     try:
+        import matplotlib
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator, PercentFormatter
+        from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
     except ImportError as error:
         raise ImportError("the ntkit demo draws with matplotlib: pip install ntkit[demo]") from error
 
-    fig = Figure(figsize=(6.4, 4.4), dpi=150, layout="constrained")  # Agg canvas, no pyplot state
-    ax = fig.add_subplot()
-    curves = (  # NNGP drawn larger, so that equal values show both markers
-        (result.nngp_accuracy, "NNGP (Bayesian posterior mean)", "o", 9, "tab:blue"),
-        (result.ntk_accuracy, "NTK (gradient descent, $t \\to \\infty$)", "s", 5, "tab:orange"),
+    fig = Figure(figsize=(15, 7.6), dpi=150, layout="constrained")  # Agg canvas, no pyplot state
+    grid = fig.add_gridspec(2, 3, width_ratios=(1, 1, 1.1))
+    cmap = matplotlib.colormaps["viridis"]
+    colors = [cmap(0.85 - 0.75 * i / max(len(result.widths) - 1, 1)) for i in range(len(result.widths))]
+    steps = result.steps[1:]  # the log axis starts at step 1
+    chance = 100 / result.n_classes
+    for col, regime in enumerate(REGIMES):
+        loss_ax = fig.add_subplot(grid[0, col])
+        acc_ax = fig.add_subplot(grid[1, col], sharex=loss_ax)
+        for color, width in zip(colors, result.widths):
+            curves = result.finite[regime][width]
+            loss_ax.plot(steps, curves.loss[1:], color=color, lw=1.7, label=f"width {width}")
+            acc_ax.plot(steps, 100 * curves.accuracy[1:], color=color, lw=1.7)
+        limit = result.infinite[regime]
+        style = dict(color="black", lw=2.4, ls=(0, (4, 2)))
+        loss_ax.plot(steps, limit.loss[1:], label="infinite width\n(ntkit.predict)", **style)
+        acc_ax.plot(steps, 100 * limit.accuracy[1:], **style)
+        acc_ax.axhline(chance, color="0.6", lw=1, ls=":")
+        kernel = "NTK" if regime == "ntk" else "NNGP"
+        loss_ax.set_title(f"{LABELS[regime].capitalize()}  \u2192  {kernel} dynamics", fontsize=13, fontweight="bold")
+        loss_ax.set_xscale("log")
+        loss_ax.set_yscale("log")
+        loss_ax.set_ylabel("test loss  $\\|f - y\\|^2 / 2N$")
+        acc_ax.set_ylabel(f"test accuracy ({result.n_test} examples)")
+        acc_ax.set_xlabel(f"gradient-descent steps (learning rate {result.learning_rate:.3g})")
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        acc_ax.set_ylim(0, 100)
+        for ax in (loss_ax, acc_ax):
+            ax.grid(True, which="major", alpha=0.3)
+        if col == 0:
+            loss_ax.legend(frameon=False, fontsize=9, loc="lower left")
+    _plot_distance(fig.add_subplot(grid[:, 2]), result, FixedLocator, NullLocator)
+    fig.text(  # titles as plain text: the layout engine keeps the rectangle below them for the axes
+        0.5, 0.995,
+        "Finite networks trained by gradient descent in PyTorch approach the infinite-width closed form",
+        ha="center", va="top", fontsize=15, fontweight="bold",
     )
-    for values, label, marker, size, color in curves:
-        y = [100 * v for v in values]
-        ax.plot(result.depths, y, label=label, marker=marker, markersize=size, color=color, linewidth=2)
-    low = 100 * min(result.nngp_accuracy + result.ntk_accuracy)
-    ax.set_ylim(min(low - 0.5, 98.0), 100.0)  # at least 2 points, one test image being 0.13
-    ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
-    if len(result.depths) <= 12:
-        ax.set_xticks(result.depths)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("hidden layers (Dense + ReLU)")
-    ax.set_ylabel(f"test accuracy ({result.n_test} images)")
-    fig.suptitle("Digits by kernel regression with infinitely wide ReLU networks", fontsize=11)
-    ax.set_title(
-        f"{result.n_train} training images;  $\\sigma_w^2 = 2$, $\\sigma_b = {B_STD}$;  "
-        f"ridge {diag_reg:g} $\\times$ mean diag $K$",
-        fontsize=8, color="0.35",
+    fig.text(
+        0.5, 0.95,
+        f"{result.dataset}: {result.n_train} training / {result.n_test} test examples.  "
+        f"Dense(width) \u2192 {ACTIVATION.__name__} \u2192 Dense in the NTK parameterization, "
+        f"$\\sigma_w^2 = {W_STD**2:.3g}$, $\\sigma_b = {B_STD}$; one network per width, full-batch "
+        "gradient descent on $\\|f - y\\|^2 / 2N$ in float32.\nDashed: the same training at "
+        "infinite width in closed form (ntkit.predict), expected over initializations.",
+        ha="center", va="top", fontsize=10.5, color="0.3", linespacing=1.5,
     )
-    ax.grid(True, alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    fig.get_layout_engine().set(rect=(0, 0, 1, 0.885))
     fig.savefig(result.figure)
     return result.figure
+
+
+def _plot_distance(ax, result: DemoResult, FixedLocator, NullLocator) -> None:
+    """Distance to the infinite-width network against width, log-log, with fitted slopes."""
+    widths = np.asarray(result.widths, dtype=float)
+    early, last = _early(result), len(result.steps) - 1
+    series = (
+        ("ntk", early, "o", "tab:red", "--", False),
+        ("ntk", last, "o", "tab:red", "-", True),
+        ("nngp", early, "s", "tab:blue", "--", False),
+        ("nngp", last, "s", "tab:blue", "-", True),
+    )
+    for regime, j, marker, color, line, filled in series:
+        d = result.distance[regime][:, j]
+        fit = np.polyfit(np.log(widths), np.log(d), 1)
+        ax.plot(widths, d, marker=marker, ms=8, ls="none", color=color, mfc=color if filled else "white", mew=1.6)
+        ax.plot(widths, np.exp(np.polyval(fit, np.log(widths))), color=color, lw=1.5, ls=line,
+                label=f"{LABELS[regime]}, step {result.steps[j]}: slope {fit[0]:+.2f}")
+    top = np.max([result.distance[r][:, [early, last]].max(1) for r in REGIMES], axis=0)
+    anchor = 1.2 * np.exp(np.mean(np.log(top) + 0.5 * np.log(widths)))  # a guide above the points
+    ax.plot(widths, anchor * widths**-0.5, color="0.5", ls=":", lw=1.8, label="$\\propto$ width$^{-1/2}$ (theory)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(widths))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(w) for w in result.widths])
+    ax.set_xlabel("width of the hidden layer")
+    ax.set_ylabel("RMS distance of the test outputs")
+    ax.set_title("Distance to the infinite-width network\nstarted from the same initial function",
+                 fontsize=13, fontweight="bold")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(frameon=False, fontsize=9.5, loc="lower left")
