@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-predict bench-empirical clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mlp.py
+
+bench-predict: $(STAMP)
+	$(BIN)/python benchmarks/bench_predict.py
+
+bench-empirical: $(STAMP)
+	$(BIN)/python benchmarks/bench_empirical.py
 
 clean:
 	rm -rf $(VENV) .venv-nt build src/*.egg-info .pytest_cache

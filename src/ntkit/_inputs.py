@@ -57,8 +57,8 @@ class Twins(NamedTuple):
     """Examples that are the same point up to sign: ``x_i = s_i s_j x'_j`` when ``group`` agrees.
 
     ``group1``, ``group2`` (int64, shapes (N1,), (N2,)) label each example's line through the
-    origin, -1 for a zero example; ``sign1``, ``sign2`` hold the sign of the first nonzero
-    feature. None stands for "no two examples share a line", the common case, which costs
+    origin, -1 for an example with no twin; ``sign1``, ``sign2`` hold the sign of its first
+    nonzero feature. None stands for "no two examples share a line", the common case, which costs
     nothing further.
     """
 
@@ -72,35 +72,35 @@ class Twins(NamedTuple):
 
 
 def find_twins(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool) -> Twins | None:
-    """Identical or antipodal examples, found exactly (bit patterns) in O((N1 + N2) d).
+    """Identical or antipodal examples, found exactly (bit patterns).
 
     Their input correlation is exactly +1 or -1, but a matrix product rounds ``x_i . x_j``
     differently from ``|x_i|^2``: a correlation of 1 - eps would become an error of
     sqrt(2 eps) in every arc-cosine kernel after it (the square-root singularity of arccos at
     1). ``input_kernel`` therefore writes these pairs' covariances as exactly +-variance, and
     every kernel map computes a pair at correlation +-1 with the same operations as a variance.
+
+    Cost: one norm per example, O((N1 + N2) d); only examples whose norm is shared by another
+    are then compared feature by feature.
     """
     x = x1 if same_inputs else torch.cat([x1, x2])
-    first = (x != 0).to(torch.uint8).argmax(dim=1)
-    sign = torch.sign(x.gather(1, first[:, None]))[:, 0]
-    canonical = (x * sign[:, None]).add_(0.0)  # x + 0.0 turns -0.0 into +0.0
-    bits = canonical.view(torch.int32 if x.dtype == torch.float32 else torch.int64).to(torch.int64)
-    generator = torch.Generator().manual_seed(0x9E3779B9)
-    weights = torch.randint(1, 2**62, (x.shape[1],), generator=generator, dtype=torch.int64)
-    hashes = (bits * weights.to(bits.device)).sum(dim=1)  # int64 arithmetic wraps: a hash
-    _, group = torch.unique(hashes, return_inverse=True)
-    group = torch.where(sign != 0, group, -1)
-    counts = torch.bincount(group[group >= 0])
-    if not bool((counts > 1).any()):
+    norms = torch.linalg.vector_norm(x, dim=1)
+    _, shared, counts = torch.unique(norms, return_inverse=True, return_counts=True)
+    candidates = ((counts[shared] > 1) & (norms > 0)).nonzero()[:, 0]
+    if len(candidates) == 0:
         return None
-    # A hash collision between different lines would merge them: verify against each group's
-    # first member, and give every example that differs a group of its own.
-    order = torch.arange(len(x), device=x.device)
-    first_member = torch.full((int(group.max()) + 1,), len(x), device=x.device).scatter_reduce_(
-        0, group.clamp(min=0), order, reduce="amin"
-    )
-    agrees = (canonical == canonical[first_member[group.clamp(min=0)]]).all(dim=1)
-    group = torch.where(agrees | (group < 0), group, len(x) + order)
+    rows = x[candidates]
+    first = (rows != 0).to(torch.uint8).argmax(dim=1)
+    row_sign = torch.sign(rows.gather(1, first[:, None]))[:, 0]
+    canonical = (rows * row_sign[:, None]).add_(0.0)  # + 0.0 turns -0.0 into +0.0
+    _, row_group, members = torch.unique(canonical, dim=0, return_inverse=True, return_counts=True)
+    paired = members[row_group] > 1  # equal norms alone do not make twins
+    if not bool(paired.any()):
+        return None
+    candidates, row_group, row_sign = candidates[paired], row_group[paired], row_sign[paired]
+    group = torch.full((len(x),), -1, dtype=torch.int64, device=x.device)
+    sign = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    group[candidates], sign[candidates] = row_group, row_sign
     n1 = x1.shape[0]
     if same_inputs:
         return Twins(group, sign, group, sign)

@@ -7,7 +7,10 @@ initialization: all layers (whose infinite-width limit is the NTK dynamics) and 
 only (the NNGP dynamics). Beside them, ``ntkit.predict`` gives the same training in closed form at
 infinite width: the test loss and accuracy expected over initializations, and, for each finite
 network, the outputs of the infinitely wide network started from the same initial function.
-The distance between the two shrinks as ``width**-1/2`` (Lee et al. 2019, Theorem 2.1).
+The distance between the two shrinks as ``width**-1/2`` (Lee et al. 2019, Theorem 2.1). Each
+network trained in all layers is also trained as its linearization in the parameters
+(``ntkit.linearize``), and the distance between the two is reported: the part of the network's
+training that is not kernel dynamics.
 
 Writes a figure (PNG), the curves (CSV) and a summary (JSON), and returns a ``DemoResult``.
 """
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import predict
 from ._errors import NtkitError
+from .empirical import linearize
 from .datasets import DATASETS, Dataset, load_dataset
 from .layers import Dense, ReLU, Serial, serial
 
@@ -76,6 +80,10 @@ class DemoResult(NamedTuple):
     slope : dict
         ``slope[regime]``, shape (len(steps),): the least-squares slope of log distance against
         log width at each checkpoint (NaN at step 0, where the distance is 0).
+    linear_gap : ndarray, shape (len(widths), len(steps))
+        The root-mean-square difference between the test outputs of each network trained in all
+        layers and those of its linearization (``ntkit.linearize``) trained the same way from
+        the same initialization.
     seconds : float
     figure, table, summary : Path
     """
@@ -91,6 +99,7 @@ class DemoResult(NamedTuple):
     infinite: dict
     distance: dict
     slope: dict
+    linear_gap: np.ndarray
     seconds: float
     figure: Path
     table: Path
@@ -109,14 +118,18 @@ def checkpoints(steps: int, count: int = CHECKPOINTS) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, count))])).astype(int)
 
 
-def train(net: Serial, data: Dataset, learning_rate: float, steps: np.ndarray, readout_only: bool, bar=None):
-    """Full-batch gradient descent in PyTorch (float32), ``p -= learning_rate * grad``.
+def train(
+    net: Serial, data: Dataset, learning_rate: float, steps: np.ndarray, readout_only: bool, bar=None,
+    linearized: bool = False,
+):
+    """Full-batch gradient descent in PyTorch (float32), ``p -= learning_rate * grad``, of the
+    network, its readout only, or (``linearized``) its linearization in all parameters.
 
     Returns ``(f0_train, f0_test, test_outputs)`` in float64: the initial outputs and the test
     outputs at each of ``steps``, shape (len(steps), n_test, outputs).
     """
     x_train, x_test, y = (a.float() for a in (data.x_train, data.x_test, data.y_train))
-    model = net
+    model = linearize(net) if linearized else net
     if readout_only:
         with torch.no_grad():
             x_train, x_test = net[0](x_train), net[0](x_test)  # fixed features
@@ -212,7 +225,7 @@ def run(
     k = mlp(1, data.y_train.shape[1]).kernel(torch.cat([data.x_train, data.x_test]))
     learning_rate = LR_FRACTION * predict.max_learning_rate(k.ntk[:n_train, :n_train], data.y_train.numel())
     infinite = _infinite_curves(k, data, learning_rate, grid)
-    finite, distance = _train_and_compare(k, data, learning_rate, grid, widths, seed, progress)
+    finite, distance, linear_gap = _train_and_compare(k, data, learning_rate, grid, widths, seed, progress)
     slope = {
         regime: np.array([np.polyfit(np.log(widths), np.log(d), 1)[0] if s > 0 else np.nan
                           for s, d in zip(grid, distance[regime].T)])
@@ -220,7 +233,7 @@ def run(
     }
     result = DemoResult(
         dataset, n_train, data.x_test.shape[0], data.y_train.shape[1], widths, grid, learning_rate, finite, infinite,
-        distance, slope, time.perf_counter() - start, out / FIGURE, out / TABLE, out / SUMMARY,
+        distance, slope, linear_gap, time.perf_counter() - start, out / FIGURE, out / TABLE, out / SUMMARY,
     )
     _write_table(result)
     _write_summary(result)
@@ -261,7 +274,8 @@ def _train_and_compare(k, data: Dataset, learning_rate, grid, widths, seed, prog
     t = torch.as_tensor(grid, dtype=torch.float64)
     finite = {regime: {} for regime in REGIMES}
     distance = {regime: np.zeros((len(widths), len(grid))) for regime in REGIMES}
-    total = 2 * len(widths) * int(grid[-1])
+    linear_gap = np.zeros((len(widths), len(grid)))
+    total = 3 * len(widths) * int(grid[-1])
     with tqdm(total=total, desc="ntkit demo: training", unit="step", disable=not progress) as bar:
         for i, width in enumerate(widths):
             torch.manual_seed(seed * 100_003 + width)
@@ -276,7 +290,11 @@ def _train_and_compare(k, data: Dataset, learning_rate, grid, widths, seed, prog
                 cross = getattr(k, regime)[n_train:, :n_train]
                 limit = single[regime](t, f0_train, f0_test, cross).test
                 distance[regime][i] = (trained - limit).square().mean((-1, -2)).sqrt().numpy()
-    return finite, distance
+                if regime == "ntk":
+                    bar.set_postfix_str(f"width {width}, linearized")
+                    _, _, linear = train(copy.deepcopy(base), data, learning_rate, grid, False, bar, linearized=True)
+                    linear_gap[i] = (trained - linear).square().mean((-1, -2)).sqrt().numpy()
+    return finite, distance, linear_gap
 
 
 class _Kernels(NamedTuple):
@@ -326,22 +344,34 @@ def format_table(result: DemoResult) -> str:
         f"distance ~ width^slope after {result.steps[early]} / {result.steps[last]} steps: {slopes} "
         "(theory: -0.50 as width -> infinity)"
     )
+    gaps = ", ".join(f"{w} {g:.4f}" for w, g in zip(result.widths, result.linear_gap[:, last]))
+    lines.append(
+        f"network vs its linearization (all layers, step {result.steps[last]}): {gaps}; "
+        f"slope {_slope(result.widths, result.linear_gap[:, last]):+.2f}"
+    )
     return "\n".join(lines)
 
 
+def _slope(widths, distances) -> float:
+    """Least-squares slope of log distance against log width."""
+    return float(np.polyfit(np.log(np.asarray(widths, dtype=float)), np.log(distances), 1)[0])
+
+
 def _write_table(result: DemoResult) -> None:
-    lines = ["regime,width,step,test_loss,test_accuracy,distance_to_infinite_width"]
+    lines = ["regime,width,step,test_loss,test_accuracy,distance_to_infinite_width,distance_to_linearization"]
     for regime in REGIMES:
         for i, width in enumerate(result.widths):
             curves = result.finite[regime][width]
             for j, step in enumerate(result.steps):
+                # readout-only training is already linear in its parameters: no gap
+                gap = result.linear_gap[i, j] if regime == "ntk" else 0.0
                 lines.append(
                     f"{regime},{width},{step},{curves.loss[j]:.6g},{curves.accuracy[j]:.6g},"
-                    f"{result.distance[regime][i, j]:.6g}"
+                    f"{result.distance[regime][i, j]:.6g},{gap:.6g}"
                 )
         curves = result.infinite[regime]
         for j, step in enumerate(result.steps):
-            lines.append(f"{regime},inf,{step},{curves.loss[j]:.6g},{curves.accuracy[j]:.6g},0")
+            lines.append(f"{regime},inf,{step},{curves.loss[j]:.6g},{curves.accuracy[j]:.6g},0,0")
     result.table.write_text("\n".join(lines) + "\n")
 
 
@@ -366,6 +396,11 @@ def _write_summary(result: DemoResult) -> None:
         },
         "distance_to_infinite_width": {
             r: {str(w): float(result.distance[r][i, -1]) for i, w in enumerate(result.widths)} for r in REGIMES
+        },
+        "distance_to_linearization": {str(w): float(result.linear_gap[i, -1]) for i, w in enumerate(result.widths)},
+        "linearization_slope": {
+            f"step {result.steps[early]}": float(_slope(result.widths, result.linear_gap[:, early])),
+            f"step {result.steps[-1]}": float(_slope(result.widths, result.linear_gap[:, -1])),
         },
         "distance_slope": {
             r: {f"step {result.steps[early]}": float(result.slope[r][early]),
@@ -454,6 +489,11 @@ def _plot_distance(ax, result: DemoResult, FixedLocator, NullLocator) -> None:
         ax.plot(widths, d, marker=marker, ms=8, ls="none", color=color, mfc=color if filled else "white", mew=1.6)
         ax.plot(widths, np.exp(np.polyval(fit, np.log(widths))), color=color, lw=1.5, ls=line,
                 label=f"{LABELS[regime]}, step {result.steps[j]}: slope {fit[0]:+.2f}")
+    gap = result.linear_gap[:, last]
+    fit = np.polyfit(np.log(widths), np.log(gap), 1)
+    ax.plot(widths, gap, marker="D", ms=7, ls="none", color="tab:green")
+    ax.plot(widths, np.exp(np.polyval(fit, np.log(widths))), color="tab:green", lw=1.5,
+            label=f"network vs its linearization, step {result.steps[last]}: slope {fit[0]:+.2f}")
     top = np.max([result.distance[r][:, [early, last]].max(1) for r in REGIMES], axis=0)
     anchor = 1.2 * np.exp(np.mean(np.log(top) + 0.5 * np.log(widths)))  # a guide above the points
     ax.plot(widths, anchor * widths**-0.5, color="0.5", ls=":", lw=1.8, label="$\\propto$ width$^{-1/2}$ (theory)")
