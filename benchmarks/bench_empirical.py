@@ -138,10 +138,12 @@ def render(results, repeats, notes):
             least = min(r[2]["peak_rss_mb"] for r in peers)
             summary.append(
                 f"- {model} {dtype}: ntkit auto {ours['median_s']:.3g} s vs neural-tangents' best ({best[1]}) "
-                f"{best[2]['median_s']:.3g} s: **{best[2]['median_s'] / ours['median_s']:.1f}× faster**; peak RSS "
-                f"{ours['peak_rss_mb']:.0f} MB vs {least:.0f} MB (NT's smallest): "
-                f"**{ours['peak_rss_mb'] / least:.2f}×**."
+                f"{best[2]['median_s']:.3g} s: speed-up NT/ntkit **{best[2]['median_s'] / ours['median_s']:.2f}** "
+                f"(above 1: ntkit faster); peak RSS {ours['peak_rss_mb']:.0f} MB vs {least:.0f} MB (NT's "
+                f"smallest): ntkit/NT **{ours['peak_rss_mb'] / least:.2f}**."
             )
+        elif ours:
+            summary.append(f"- {model} {dtype}: no neural-tangents measurement finished.")
         if agreement:
             parts = ", ".join(f"{k} {fmt(v, '.1e', 'n/a')}" for k, v in agreement.items())
             summary.append(f"  Max relative difference from ntkit's kernel ({dtype}): {parts}.")

@@ -242,8 +242,6 @@ BAD = [
     ("must be a torch.nn.Module", lambda m, x: empirical_ntk(lambda y: y, x)),
     ("returned tuple", lambda m, x: empirical_ntk(TupleOutput().double(), x)),
     ("differ between two calls", lambda m, x: empirical_ntk(nn.Sequential(m, nn.Dropout(0.5)), x)),
-    ("uninitialized", lambda m, x: empirical_ntk(nk.serial(nk.Dense(3), nk.ReLU(), nk.Dense(1)), x)),
-    ("uninitialized", lambda m, x: empirical_nngp(nn.Sequential(nn.LazyLinear(2)), x)),
     ("layer: model has no submodule", lambda m, x: empirical_nngp(m, x, layer="head")),
     ("does not fit", lambda m, x: empirical_nngp(m, x, trace_axes=(5,))),
 ]
@@ -256,3 +254,16 @@ def test_bad_input_is_named(message, call):
     x = torch.randn(5, 3, dtype=torch.float64) * 2
     with pytest.raises(nk.NtkitError, match=message):
         call(model, x)
+
+
+def test_a_lazy_model_is_materialized_by_its_first_call():
+    """A fresh ntkit network (lazy input size) gets its parameters from one forward pass on x1,
+    as its first call would; its kernel is then that of those parameters."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    net = nk.serial(nk.Dense(16, 1.5, 0.1), nk.ReLU(), nk.Dense(2, 1.5, 0.1))
+    first = empirical_ntk(net, x)
+    assert net[0].weight.shape == (16, 3) and net[0].weight.dtype == torch.float64
+    reference = apply_axes(full_ntk(net, x, x), trace_axes=(-1,), diagonal_axes=())
+    assert relative_error(first, reference) < 1e-12
+    features = empirical_nngp(nn.Sequential(nn.LazyLinear(2, dtype=torch.float64)), x)
+    assert features.shape == (4, 4)

@@ -12,7 +12,7 @@ from .._errors import NtkitError
 from ._axes import OutputAxes
 from ._base import contract_jacobians
 from ._blocks import assemble, chunk_size, resolve_budget
-from ._problem import _close, as_examples, check_model
+from ._problem import _close, as_examples, check_model, materialize
 
 
 def _find_layer(model: nn.Module, layer) -> nn.Module:
@@ -68,6 +68,7 @@ def empirical_nngp(
     Tensor
         Shape as in :func:`ntkit.empirical_ntk`, in the output's dtype.
     """
+    materialize(model, x1)
     check_model(model)
     target = None if layer is None else _find_layer(model, layer)
     floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]

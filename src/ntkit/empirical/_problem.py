@@ -31,8 +31,18 @@ def check_model(model, what: str = "model") -> None:
     if lazy:
         raise NtkitError(
             f"{what} has uninitialized (lazy) parameters {lazy[:3]}: run one forward pass, e.g. "
-            "model(x1[:1]), to materialize them before computing its empirical kernels"
+            "model(x[:1]), to materialize them first"
         )
+
+
+def materialize(model, x1) -> None:
+    """Give a lazy model (ntkit's layers, ``torch.nn.LazyLinear``) its parameters, as its first
+    call would: one forward pass on the first example of ``x1``, without gradients."""
+    if not (isinstance(model, nn.Module) and torch.is_tensor(x1) and x1.ndim >= 1 and len(x1) > 0):
+        return
+    if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+        with torch.no_grad():
+            model(x1[:1])
 
 
 def select_parameters(model: nn.Module, params) -> dict[str, torch.Tensor]:
@@ -157,6 +167,7 @@ class Problem:
     ):
         from ._structure import discover  # the structure module needs Problem's functions
 
+        materialize(model, x1)
         check_model(model)
         self.model = model
         self.params = select_parameters(model, params)
