@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -12,12 +13,22 @@ from .kernel import Kernel
 FLOAT_DTYPES = (torch.float64, torch.float32)
 
 
-def as_batch(x, argument: str, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
-    """``x`` as a finite (N, features) tensor of ``dtype``, or an NtkitError saying what is wrong."""
+def as_batch(
+    x, argument: str, dtype: torch.dtype, device: torch.device | None, spatial: bool = False
+) -> torch.Tensor:
+    """``x`` as a finite tensor of ``dtype``, or an NtkitError saying what is wrong.
+
+    Vectors ``(N, features)`` always; with ``spatial`` (a network with convolutions or pooling)
+    also sequences ``(N, C, L)`` and images ``(N, C, H, W)``.
+    """
     if dtype not in FLOAT_DTYPES:
         raise NtkitError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     x = torch.as_tensor(x)
-    if x.ndim != 2:
+    if spatial and x.ndim not in (2, 3, 4):
+        raise NtkitError(
+            f"{argument} has shape {tuple(x.shape)}; expected (N, features), (N, C, L) or (N, C, H, W)"
+        )
+    if not spatial and x.ndim != 2:
         hint = (
             " (kernels of image or sequence inputs need convolutional layers; flatten x to "
             "(N, features) for a fully-connected network)"
@@ -25,31 +36,42 @@ def as_batch(x, argument: str, dtype: torch.dtype, device: torch.device | None) 
             else ""
         )
         raise NtkitError(f"{argument} has shape {tuple(x.shape)}; expected (N, features){hint}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise NtkitError(f"{argument} has shape {tuple(x.shape)}; it needs at least one example and one feature")
+    if 0 in x.shape:
+        what = "one feature" if x.ndim == 2 else "one channel and position"
+        raise NtkitError(f"{argument} has shape {tuple(x.shape)}; it needs at least one example and {what}")
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.bool)):
         raise NtkitError(f"{argument} has dtype {x.dtype}; expected a real tensor")
     x = x.to(dtype=dtype, device=device)
-    finite = torch.isfinite(x).all(dim=1)
+    finite = torch.isfinite(x).flatten(1).all(dim=1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])
         raise NtkitError(f"{argument} contains NaN or inf (first in row {row})")
     return x
 
 
-def check_inputs(x1, x2, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Validated ``(x1, x2, same_inputs)``: x2 None or ``x2 is x1`` means the same examples."""
+def check_inputs(x1, x2, dtype: torch.dtype, spatial: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validated ``(x1, x2, same_inputs)``: x2 None or ``x2 is x1`` means the same examples.
+
+    ``spatial`` allows image and sequence inputs (NCHW, NCL), for networks that have layers
+    with a spatial kernel map.
+    """
     same = x2 is None or x2 is x1
     device = x1.device if isinstance(x1, torch.Tensor) else None
-    x1 = as_batch(x1, "x1", dtype, device)
+    x1 = as_batch(x1, "x1", dtype, device, spatial)
     if same:
         return x1, x1, True
-    x2 = as_batch(x2, "x2", dtype, x1.device)
+    x2 = as_batch(x2, "x2", dtype, x1.device, spatial)
+    shapes = f"(shapes {tuple(x1.shape)} and {tuple(x2.shape)})"
+    if x1.ndim != x2.ndim:
+        raise NtkitError(f"x1 and x2 have different ranks {shapes}")
     if x2.shape[1] != x1.shape[1]:
-        raise NtkitError(
-            f"x1 has {x1.shape[1]} features per example but x2 has {x2.shape[1]} "
-            f"(shapes {tuple(x1.shape)} and {tuple(x2.shape)})"
-        )
+        what = "features per example" if x1.ndim == 2 else "channels (axis 1)"
+        hint = ""
+        if x1.ndim > 2 and x1.shape[-1] != x2.shape[-1] and min(x1.shape[-1], x2.shape[-1]) <= 4:
+            hint = " (does one of them hold channels last, NHWC/NLC? ntkit expects NCHW/NCL)"
+        raise NtkitError(f"x1 has {x1.shape[1]} {what} but x2 has {x2.shape[1]} {shapes}{hint}")
+    if x1.shape[2:] != x2.shape[2:]:
+        raise NtkitError(f"x1 and x2 have different spatial shapes {shapes}; they must be the same")
     return x1, x2, False
 
 
@@ -83,7 +105,7 @@ def find_twins(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool) -> Twins |
     Cost: one norm per example, O((N1 + N2) d); only examples whose norm is shared by another
     are then compared feature by feature.
     """
-    x = x1 if same_inputs else torch.cat([x1, x2])
+    x = (x1 if same_inputs else torch.cat([x1, x2])).flatten(1)
     norms = torch.linalg.vector_norm(x, dim=1)
     _, shared, counts = torch.unique(norms, return_inverse=True, return_counts=True)
     candidates = ((counts[shared] > 1) & (norms > 0)).nonzero()[:, 0]
@@ -114,9 +136,14 @@ def input_kernel(
 
     Dividing by the number of features ``d`` is the convention of Lee et al. 2018 (eq. 4) and
     neural-tangents, so that a following ``Dense`` has weight variance ``W_std**2 / d``.
+    For images ``(N, C, *S)`` the kernel is per pair of positions and averaged over channels,
+    :math:`K(x, x')[p, p'] = \\sum_c x_c(p)\\, x'_c(p') / C` (Novak et al. 2019, eq. 6; as
+    neural-tangents), with shape ``(N1, N2, *S, *S)``.
     ``twins`` (from :func:`find_twins`) marks identical and antipodal pairs, whose entries are
     then exactly +-variance.
     """
+    if x1.ndim > 2:
+        return _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins)
     features = x1.shape[1]
     nngp = torch.mm(x1, x2.T).div_(features)
     var1 = torch.linalg.vector_norm(x1, dim=1).square_().div_(features)
@@ -135,6 +162,42 @@ def input_kernel(
         var1=var1,
         var2=var2,
         feature_shape=(features,),
+        same_inputs=same_inputs,
+        is_gaussian=False,
+    )
+
+
+def _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
+    """``input_kernel`` for ``(N, C, *S)`` inputs: the ``(N1, N2, *S, *S)`` layout."""
+    (n1, channels), spatial = x1.shape[:2], tuple(x1.shape[2:])
+    n2, positions, ns = x2.shape[0], math.prod(spatial), len(spatial)
+    flat1, flat2 = x1.reshape(n1, channels, positions), x2.reshape(n2, channels, positions)
+    rows = flat1.transpose(1, 2).reshape(n1 * positions, channels)
+    cols = flat2.transpose(1, 2).reshape(n2 * positions, channels)
+    nngp = torch.mm(rows, cols.T).div_(channels).reshape(n1, positions, n2, positions).transpose(1, 2)
+    nngp = nngp.reshape(n1, n2, *spatial, *spatial).contiguous()
+
+    def self_covariance(flat):
+        return torch.bmm(flat.transpose(1, 2), flat).div_(channels).reshape(flat.shape[0], *spatial, *spatial)
+
+    var1 = self_covariance(flat1)
+    if same_inputs:
+        var2 = var1
+        index = torch.arange(n1, device=x1.device)
+        nngp[index, index] = var1  # the exact self-products, whatever the matmul's rounding
+    else:
+        var2 = self_covariance(flat2)
+    if twins is not None:
+        trailing = (1,) * (2 * ns)
+        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
+        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(n1, n2, *trailing) * var1[:, None]
+        nngp = torch.where(pairs.reshape(n1, n2, *trailing), signed, nngp)
+    return Kernel(
+        nngp=nngp,
+        ntk=torch.zeros_like(nngp) if with_ntk else None,
+        var1=var1,
+        var2=var2,
+        feature_shape=(channels, *spatial),
         same_inputs=same_inputs,
         is_gaussian=False,
     )

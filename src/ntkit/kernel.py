@@ -18,21 +18,26 @@ class Kernel:
 
     Attributes
     ----------
-    nngp : Tensor, shape (N1, N2)
+    nngp : Tensor, shape (N1, N2), or (N1, N2, *S, *S) for images
         :math:`K(x_i, x'_j) = \\mathbb{E}[z(x_i)\\, z(x'_j)]`, the covariance of one output unit
-        over random initializations: the NNGP kernel (Neal 1994; Lee et al. 2018, eq. 4).
-    ntk : Tensor of shape (N1, N2), or None
+        over random initializations: the NNGP kernel (Neal 1994; Lee et al. 2018, eq. 4). For
+        images and sequences with spatial shape S (``(H, W)`` or ``(L,)``), entry
+        ``[i, j, p, p']`` is the covariance of one channel at position p of ``x_i`` with position
+        p' of ``x'_j`` (the full spatial covariance that pooling needs; Novak et al. 2019).
+    ntk : Tensor of the shape of ``nngp``, or None
         :math:`\\Theta(x_i, x'_j) = \\sum_p \\partial_p z(x_i)\\, \\partial_p z(x'_j)`, the neural
         tangent kernel of one output unit (Jacot et al. 2018, eq. 6), or None when it was not
         asked for.
-    var1 : Tensor, shape (N1,)
+    var1 : Tensor, shape (N1,), or (N1, *S, *S) for images
         :math:`K(x_i, x_i)`, the variance of one output unit at each input of the first batch:
-        the self-covariances that nonlinearities need to normalise ``nngp``.
-    var2 : Tensor, shape (N2,)
+        the self-covariances that nonlinearities need to normalise ``nngp``. For images, the
+        covariance between positions p and p' of the same example; its (p, p) entries are the
+        per-position variances, the pairs of a unit with itself (correlation exactly 1).
+    var2 : Tensor, shape (N2,) or (N2, *S, *S)
         The same for the second batch (equal to ``var1`` when ``same_inputs``).
     feature_shape : tuple of int
         Shape of one example's outputs in the finite network, without the batch axis
-        (``(width,)`` for a fully-connected layer). Layers whose kernel depends on widths
+        (``(width,)`` for a fully-connected layer, ``(channels, *S)`` for images). Layers whose kernel depends on widths
         (``parameterization="standard"``, ``FanInConcat``) read it from here.
     same_inputs : bool
         True when the two batches are the same examples (``x2`` was None or ``x2 is x1``), so
@@ -64,6 +69,11 @@ class Kernel:
     def shape(self) -> tuple[int, int]:
         """``(N1, N2)``: the numbers of inputs in the two batches."""
         return (self.var1.shape[0], self.var2.shape[0])
+
+    @property
+    def spatial_ndim(self) -> int:
+        """The number of spatial dimensions S of the features (0 for vectors, 2 for images)."""
+        return len(self.feature_shape) - 1
 
     @property
     def dtype(self) -> torch.dtype:

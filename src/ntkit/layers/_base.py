@@ -60,9 +60,10 @@ class Layer(nn.Module):
 
         Parameters
         ----------
-        x1 : Tensor, shape (N1, features)
-            First batch of inputs.
-        x2 : Tensor, shape (N2, features), optional
+        x1 : Tensor, shape (N1, features), or (N1, C, L) / (N1, C, H, W)
+            First batch of inputs; sequences and images (channels first) for networks with
+            convolutions or pooling.
+        x2 : Tensor, shape (N2, ...) like ``x1``, optional
             Second batch; None (or ``x1`` itself) means the same examples as ``x1``, which
             halves the work and makes the diagonal exact.
         get : "nngp", "ntk" or a tuple of both
@@ -71,14 +72,17 @@ class Layer(nn.Module):
             Precision of the computation and of the result.
         block_size : int, optional
             Kernels are computed in blocks of ``block_size`` x ``block_size`` pairs, which
-            bounds the working memory to a few such blocks beside the result. Default 512.
+            bounds the working memory to a few such blocks beside the result. Default 512 for
+            vectors; for images, as many as keep a block's (pairs x positions^2) covariances
+            under a budget of 4M entries (2 x 2 pairs for 32 x 32 images).
         progress : bool, optional
             Show a progress bar over blocks; None shows one for large kernels on a terminal.
 
         Returns
         -------
         Kernel
-            ``nngp`` and ``ntk`` of shape (N1, N2) (``ntk`` is None unless asked for); a tuple
+            ``nngp`` and ``ntk`` of shape (N1, N2) (``ntk`` is None unless asked for), or
+            (N1, N2, *S, *S) for a network that ends on images without pooling; a tuple
             of Kernels for a network with several outputs (e.g. ending in ``FanOut``).
         """
         from ._engine import evaluate  # the engine imports Layer: import it late

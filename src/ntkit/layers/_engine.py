@@ -5,10 +5,15 @@ that pair's statistics and on each example's own variance. A large kernel is the
 block by block, each block passed through the whole network while it is small enough to stay
 in cache; for ``x2 = x1`` only the blocks on and above the diagonal are computed and the others
 are their transposes.
+
+For images ``(N, C, *S)`` each pair carries ``|S|^2`` covariances (all pairs of positions), so
+blocks hold fewer pairs: their side is chosen so that a block's covariance tensor has at most
+``SPATIAL_BUDGET`` entries.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,8 +23,14 @@ from .._errors import NtkitError
 from .._inputs import check_inputs, find_twins, input_kernel
 from ..kernel import Kernel
 from ._base import Layer
+from ._spatial import transpose_pairs
+from .conv import Conv
+from .pooling import _GlobalPool, _WindowPool
 
 DEFAULT_BLOCK = 512
+#: Covariance entries per block of image pairs, (pairs) x |S|^2: 4M entries (32 MB in float64)
+#: per tensor, of which a layer holds a few (nngp, ntk, temporaries of its kernel map).
+SPATIAL_BUDGET = 1 << 22
 
 
 def _wanted(get: str | Sequence[str]) -> bool:
@@ -58,10 +69,10 @@ def evaluate(
 ) -> Kernel | tuple[Kernel, ...]:
     """``layer.kernel(x1, x2)``: see :meth:`ntkit.layers.Layer.kernel`."""
     with_ntk = _wanted(get)
-    size = DEFAULT_BLOCK if block_size is None else int(block_size)
-    if size < 1:
+    if block_size is not None and int(block_size) < 1:
         raise NtkitError(f"block_size must be a positive integer, got {block_size!r}")
-    x1, x2, same = check_inputs(x1, x2, dtype)
+    x1, x2, same = check_inputs(x1, x2, dtype, spatial=_has_spatial_layers(layer))
+    size = _block_side(x1) if block_size is None else int(block_size)
     n1, n2 = x1.shape[0], x2.shape[0]
     twins = find_twins(x1, x2, same)
     if n1 <= size and n2 <= size:  # one block: no copies
@@ -86,6 +97,22 @@ def evaluate(
     return kernels[0] if len(kernels) == 1 else tuple(kernels)
 
 
+def _has_spatial_layers(layer: Layer) -> bool:
+    """Whether the network takes images or sequences: a layer of it has a spatial kernel map.
+
+    Without one, image inputs are refused with a hint, rather than silently treated as
+    1x1 convolutions of a fully-connected network."""
+    return any(isinstance(module, (Conv, _WindowPool, _GlobalPool)) for module in layer.modules())
+
+
+def _block_side(x: torch.Tensor) -> int:
+    """The default number of examples per block side: 512, fewer for images (memory budget)."""
+    positions = x[0, 0].numel() if x.ndim > 2 else 1
+    if positions == 1:
+        return DEFAULT_BLOCK
+    return max(1, min(DEFAULT_BLOCK, math.isqrt(SPATIAL_BUDGET // positions**2)))
+
+
 def _quiet(progress: bool | None, n_blocks: int) -> bool | None:
     if progress is None:
         return None if n_blocks >= 16 else True  # tqdm: None disables off a terminal
@@ -98,8 +125,8 @@ def _allocate(k: Kernel, n1: int, n2: int, same: bool) -> dict:
         template=k,
         nngp=torch.empty((n1, n2) + tuple(k.nngp.shape[2:]), **full),
         ntk=None if k.ntk is None else torch.empty((n1, n2) + tuple(k.ntk.shape[2:]), **full),
-        var1=torch.empty(n1, **full),
-        var2=None if same else torch.empty(n2, **full),
+        var1=torch.empty((n1,) + tuple(k.var1.shape[1:]), **full),
+        var2=None if same else torch.empty((n2,) + tuple(k.var2.shape[1:]), **full),
     )
 
 
@@ -112,7 +139,7 @@ def _write(result: dict, k: Kernel, rows: slice, cols: slice, diagonal: bool, mi
             block = _mirror_upper(block)
         result[name][rows, cols] = block
         if mirror:
-            result[name][cols, rows] = block.transpose(0, 1)
+            result[name][cols, rows] = transpose_pairs(block, (block.ndim - 2) // 2)
     if diagonal or result["var2"] is not None:
         # For x2 = x1 the variances come from the diagonal blocks, whose NNGP diagonal they are.
         result["var1"][rows] = k.var1
@@ -121,9 +148,18 @@ def _write(result: dict, k: Kernel, rows: slice, cols: slice, diagonal: bool, mi
 
 
 def _mirror_upper(block: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle is ``block``'s: exact symmetry for x2 = x1."""
-    upper = torch.ones(block.shape, dtype=torch.bool, device=block.device).triu_()
-    return torch.where(upper, block, block.T)
+    """The symmetric matrix whose upper triangle is ``block``'s: exact symmetry for x2 = x1.
+
+    For image kernels ``(N, N, *S, *S)`` "symmetric" means ``K[j, i, p', p] = K[i, j, p, p']``:
+    pairs (i, j) with i <= j are kept and the others are their spatial transposes.
+    """
+    if block.ndim == 2:
+        upper = torch.ones(block.shape, dtype=torch.bool, device=block.device).triu_()
+        return torch.where(upper, block, block.T)
+    n = block.shape[0]
+    upper = torch.ones((n, n), dtype=torch.bool, device=block.device).triu_()
+    upper = upper.reshape(n, n, *(1,) * (block.ndim - 2))
+    return torch.where(upper, block, transpose_pairs(block, (block.ndim - 2) // 2))
 
 
 def _mirrored(k: Kernel) -> Kernel:

@@ -7,6 +7,7 @@ from functools import cached_property
 import torch
 
 from ..kernel import Kernel
+from ._spatial import position_mask, self_diagonal
 
 
 class GaussianPair:
@@ -18,27 +19,56 @@ class GaussianPair:
     statistics it needs; derived ones are computed once, on first use.
 
     ``self_pairs`` says which pairs are an example with itself: ``"none"``, ``"diagonal"``
-    (``cov[i, i]``, when both batches are the same examples) or ``"all"`` (a vector of
-    variances). There the correlation is exactly 1, whatever the rounding of ``cov``: near
-    correlation 1 the arc-cosine kernels' derivative terms have infinite slope, so a rounded
-    correlation of :math:`1 - \\epsilon` would cost :math:`\\sqrt{\\epsilon}` in accuracy.
+    (``cov[i, i]``, when both batches are the same examples), ``"all"`` (a vector of
+    variances) or ``"mask"`` (image kernels: where the boolean ``mask``, broadcast against
+    ``cov``, is true, i.e. the (i, i, p, p) entries of a same-inputs block and the (p, p)
+    entries of a self-covariance). There the correlation is exactly 1, whatever the rounding
+    of ``cov``: near correlation 1 the arc-cosine kernels' derivative terms have infinite
+    slope, so a rounded correlation of :math:`1 - \\epsilon` would cost :math:`\\sqrt{\\epsilon}`
+    in accuracy.
 
     Pre-activations of zero variance (a zero input with no bias) are the constant 0; their
     correlation with anything is taken as 0, so that ``norm_product * f(correlation)`` is 0.
     """
 
-    def __init__(self, cov: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, self_pairs: str):
-        self.cov, self.var1, self.var2, self.self_pairs = cov, var1, var2, self_pairs
+    def __init__(
+        self,
+        cov: torch.Tensor,
+        var1: torch.Tensor,
+        var2: torch.Tensor,
+        self_pairs: str,
+        mask: torch.Tensor | None = None,
+    ):
+        self.cov, self.var1, self.var2, self.self_pairs, self.mask = cov, var1, var2, self_pairs, mask
 
     @classmethod
     def of_kernel(cls, k: Kernel) -> "GaussianPair":
-        """All pairs (i, j) of a Kernel's two batches."""
-        return cls(k.nngp, k.var1[:, None], k.var2[None, :], "diagonal" if k.same_inputs else "none")
+        """All pairs (i, j) of a Kernel's two batches (and, for images, all pairs (p, p'))."""
+        n = k.spatial_ndim
+        if n == 0:
+            return cls(k.nngp, k.var1[:, None], k.var2[None, :], "diagonal" if k.same_inputs else "none")
+        spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
+        d1 = self_diagonal(k.var1, n)
+        d2 = d1 if k.same_inputs else self_diagonal(k.var2, n)
+        var1 = d1.reshape(d1.shape[0], 1, *spatial, *ones)
+        var2 = d2.reshape(1, d2.shape[0], *ones, *spatial)
+        if not k.same_inputs:
+            return cls(k.nngp, var1, var2, "none")
+        n1 = d1.shape[0]
+        same = torch.eye(n1, dtype=torch.bool, device=d1.device).reshape(n1, n1, *ones, *ones)
+        return cls(k.nngp, var1, var2, "mask", same & position_mask(spatial, d1.device))
 
     @classmethod
-    def of_variance(cls, var: torch.Tensor) -> "GaussianPair":
-        """Each example with itself, to compute the output variances."""
-        return cls(var, var, var, "all")
+    def of_variance(cls, var: torch.Tensor, spatial_ndim: int = 0) -> "GaussianPair":
+        """Each example with itself, to compute the output variances (for images: every pair of
+        positions of an example, ``var`` of shape (N, *S, *S))."""
+        if spatial_ndim == 0:
+            return cls(var, var, var, "all")
+        spatial, ones = tuple(var.shape[1 : 1 + spatial_ndim]), (1,) * spatial_ndim
+        diagonal = self_diagonal(var, spatial_ndim)
+        var1 = diagonal.reshape(var.shape[0], *spatial, *ones)
+        var2 = diagonal.reshape(var.shape[0], *ones, *spatial)
+        return cls(var, var1, var2, "mask", position_mask(spatial, var.device))
 
     @cached_property
     def std1(self) -> torch.Tensor:
@@ -68,6 +98,8 @@ class GaussianPair:
         c.clamp_(-1.0, 1.0)
         if self.self_pairs == "diagonal":
             c.diagonal().copy_((self.var1[:, 0] > 0).to(c.dtype))
+        elif self.self_pairs == "mask":
+            c = torch.where(self.mask, (self.norm_product > 0).to(c.dtype), c)
         return c
 
     @cached_property

@@ -7,6 +7,7 @@ import torch
 from ..kernel import Kernel
 from ._base import Kernels, Layer, require_gaussian, single
 from ._gaussian import GaussianPair
+from ._spatial import set_self
 
 
 class Activation(Layer):
@@ -22,6 +23,9 @@ class Activation(Layer):
     Theorem 1): :math:`K' = \\mathbb{E}[\\phi(u)\\phi(v)]` and
     :math:`\\Theta' = \\Theta \\cdot \\mathbb{E}[\\phi'(u)\\phi'(v)]`, with the output variances from
     the same dual at correlation 1.
+
+    On images the map acts on every pair of positions (p, p') alike (Novak et al. 2019, eq. 7),
+    the self-pairs at correlation 1 being the (p, p) entries of an example's self-covariance.
     """
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,9 +42,10 @@ class Activation(Layer):
         k = single(k, self.name)
         require_gaussian(k, self.name)
         nngp, derivative = self.dual(GaussianPair.of_kernel(k), derivative=k.ntk is not None)
-        var1, var2 = k.map_variances(self._variance)
+        n = k.spatial_ndim
+        var1, var2 = k.map_variances(self._variance if n == 0 else lambda v: self._covariance(v, n))
         if k.same_inputs:  # keep the diagonal exactly the variances, as every layer does
-            nngp.diagonal().copy_(var1)
+            set_self(nngp, var1)
         return k.replace(
             nngp=nngp,
             ntk=None if k.ntk is None else k.ntk * derivative,
@@ -52,3 +57,7 @@ class Activation(Layer):
     def _variance(self, var: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb{E}[\\phi(u)^2]` for :math:`u \\sim \\mathcal N(0, \\text{var})`."""
         return self.dual(GaussianPair.of_variance(var), derivative=False)[0]
+
+    def _covariance(self, var: torch.Tensor, spatial_ndim: int) -> torch.Tensor:
+        """The self-covariances ``(N, *S, *S)`` of the outputs between positions of an image."""
+        return self.dual(GaussianPair.of_variance(var, spatial_ndim), derivative=False)[0]

@@ -7,6 +7,7 @@ import torch
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
+from ._spatial import position_mask, set_self
 
 
 class Dropout(Layer):
@@ -22,8 +23,11 @@ class Dropout(Layer):
         1 & \\text{otherwise} \\end{cases}
 
     and the same factor for the NTK. "Same example" means the diagonal when ``x2`` is None (or
-    ``x2 is x1``); the variances always get the factor. The outputs are no longer Gaussian (a
-    mixture), so a nonlinearity needs a ``Dense`` between it and a ``Dropout``.
+    ``x2 is x1``); the variances always get the factor. On images each (channel, position) has
+    its own mask, so the factor applies to the same example at the same position only: the
+    (p, p) entries of the self-covariances and the (i, i, p, p) entries of the kernels. The
+    outputs are no longer Gaussian (a mixture), so a nonlinearity needs a ``Dense`` between it
+    and a ``Dropout``.
     In evaluation mode (``net.eval()``) the kernel is unchanged.
     """
 
@@ -41,6 +45,8 @@ class Dropout(Layer):
         if not self.training or self.p == 0:
             return k
         factor = 1.0 / (1.0 - self.p)
+        if k.spatial_ndim:
+            return self._spatial_kernel_map(k, factor)
         var1, var2 = k.map_variances(lambda v: v * factor)
         if not k.same_inputs:
             return k.replace(var1=var1, var2=var2, is_gaussian=False)
@@ -50,6 +56,24 @@ class Dropout(Layer):
         if k.ntk is not None:
             ntk = k.ntk.clone()
             ntk.diagonal().mul_(factor)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
+
+    def _spatial_kernel_map(self, k: Kernel, factor: float) -> Kernel:
+        same_position = position_mask(tuple(k.feature_shape[1:]), k.device)
+
+        def scaled(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(same_position, t * factor, t)
+
+        var1, var2 = k.map_variances(scaled)
+        if not k.same_inputs:
+            return k.replace(var1=var1, var2=var2, is_gaussian=False)
+        nngp = k.nngp.clone()
+        set_self(nngp, var1)
+        ntk = None
+        if k.ntk is not None:
+            ntk = k.ntk.clone()
+            index = torch.arange(ntk.shape[0], device=ntk.device)
+            ntk[index, index] = scaled(ntk[index, index])
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def extra_repr(self) -> str:

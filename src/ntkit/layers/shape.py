@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
+from ._spatial import set_self
 
 
 class Identity(Layer):
@@ -22,7 +24,16 @@ class Identity(Layer):
 class Flatten(Layer):
     """Flatten all axes but the batch axis: ``(N, C, *spatial) -> (N, C * prod(spatial))``.
 
-    On fully-connected features ``(N, C)`` it is the identity, in both faces.
+    On fully-connected features ``(N, C)`` it is the identity, in both faces. On images the
+    flattened units are indexed by (channel, position); a following ``Dense`` sums over all of
+    them, so the per-unit kernel is the average of the p = p' diagonal (Novak et al. 2019,
+    eq. 10; neural-tangents ``stax.Flatten``):
+
+    .. math:: K'(x, x') = \\frac{1}{|S|} \\sum_p K(x, x')[p, p],
+
+    and the same for :math:`\\Theta`. Units at different positions have different kernels, so
+    the output counts as non-Gaussian (as after ``FanInConcat``): a nonlinearity needs a
+    ``Dense`` after the ``Flatten``. Cost per pair: :math:`O(|S|)`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +41,25 @@ class Flatten(Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Flatten")
-        if len(k.feature_shape) != 1:
-            raise NtkitError(f"features of shape {k.feature_shape}: only fully-connected kernels are supported")
-        return k
+        n = k.spatial_ndim
+        if n == 0:
+            return k
+        positions = math.prod(k.feature_shape[1:])
+
+        def trace(t: torch.Tensor, leading: int) -> torch.Tensor:
+            """The mean of the p = p' entries of ``t``, whose first ``leading`` axes are batches."""
+            flat = t.reshape(*t.shape[:leading], positions, positions)
+            return flat.diagonal(dim1=-2, dim2=-1).sum(-1).div_(positions)
+
+        var1, var2 = k.map_variances(lambda v: trace(v, 1))
+        nngp = trace(k.nngp, 2)
+        if k.same_inputs:
+            set_self(nngp, var1)
+        return k.replace(
+            nngp=nngp,
+            ntk=None if k.ntk is None else trace(k.ntk, 2),
+            var1=var1,
+            var2=var2,
+            feature_shape=(k.feature_shape[0] * positions,),
+            is_gaussian=k.is_gaussian and positions == 1,
+        )

@@ -1,0 +1,212 @@
+"""Conv: the convolution over sequences (NCL) and images (NCHW), in both parameterizations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from .._errors import NtkitError
+from ..kernel import Kernel
+from ._base import Kernels, Layer, single
+from ._spatial import as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self
+from .dense import check_parameterization, check_std
+
+_CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
+
+
+class Conv(LazyModuleMixin, Layer):
+    """Convolution :math:`z_i(p) = \\sum_{j, t} W_{ijt}\\, x_j(s p + t) + b_i` over 1 or 2 spatial axes.
+
+    The number of spatial dimensions is the length of ``filter_shape``: ``(k,)`` for sequences
+    ``(N, C, L)``, ``(kh, kw)`` for images ``(N, C, H, W)``. The fan-in is
+    :math:`n = C_{in} \\prod_d k_d`; the parameterizations are those of :class:`~ntkit.Dense`
+    with that fan-in ("ntk": :math:`W, b \\sim \\mathcal N(0, 1)` scaled by
+    :math:`\\sigma_w / \\sqrt n` and :math:`\\sigma_b` in the forward pass; "standard": the scales
+    in the initialization).
+
+    Kernel map (Novak et al. 2019, eq. 8; Arora et al. 2019, eqs. 7-8; Xiao et al. 2018): with
+    :math:`\\mathcal A` the average of shifted copies over the filter window along the paired
+    axes of each spatial dimension,
+    :math:`[\\mathcal A K](p, p') = \\frac{1}{|k|} \\sum_t K(s p + t, s p' + t)`
+    (zero outside the image for "same" and "valid" padding, periodic for "circular"),
+
+    .. math::
+        K' = \\sigma_w^2 \\mathcal A K + \\sigma_b^2, \\qquad
+        \\Theta' = \\begin{cases}
+            K' + \\sigma_w^2 \\mathcal A \\Theta & \\text{ntk} \\\\
+            n\\, \\mathcal A K + 1 + \\sigma_w^2 \\mathcal A \\Theta & \\text{standard}
+        \\end{cases}
+
+    (the ``+1`` only with a bias). Cost per pair of examples: :math:`O(|k|\\, |S|^2)`.
+
+    Parameters
+    ----------
+    out_channels : int
+        Channels of the finite network (the kernel does not depend on them, except through a
+        following standard-parameterization layer).
+    filter_shape : int or tuple of int
+        ``(k,)`` (or the int k) for sequences, ``(kh, kw)`` for images.
+    strides : int or tuple of int, optional
+        Default 1.
+    padding : "valid" (default), "same" or "circular"
+        "same" and "circular" give ``ceil(size / stride)`` output positions, padding with zeros
+        or periodically; "valid" does not pad.
+    W_std, b_std, parameterization
+        As in :class:`~ntkit.Dense`; ``b_std=None`` means no bias.
+    in_channels : int, optional
+        By default inferred at the first forward pass.
+
+    Shapes
+    ------
+    Input ``(N, in_channels, *S)``, output ``(N, out_channels, *S')``.
+    """
+
+    cls_to_become = None
+
+    def __init__(
+        self,
+        out_channels: int,
+        filter_shape,
+        strides=None,
+        padding: str = "valid",
+        W_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+        in_channels: int | None = None,
+    ):
+        super().__init__()
+        if not isinstance(out_channels, int) or out_channels < 1:
+            raise NtkitError(f"Conv: out_channels must be a positive integer, got {out_channels!r}")
+        n = 1 if isinstance(filter_shape, int) else len(tuple(filter_shape))
+        if n not in _CONVOLUTIONS:
+            raise NtkitError(f"Conv: filter_shape must have 1 or 2 entries, got {filter_shape!r}")
+        self.out_channels = out_channels
+        self.filter_shape = as_tuple(filter_shape, n, "filter_shape", "Conv")
+        self.strides = as_tuple(1 if strides is None else strides, n, "strides", "Conv")
+        self.padding = check_padding(padding, "Conv")
+        self.W_std = check_std(W_std, "W_std", "Conv", allow_none=False)
+        self.b_std = check_std(b_std, "b_std", "Conv", allow_none=True)
+        self.parameterization = check_parameterization(parameterization, "Conv")
+        self.in_channels = 0
+        if in_channels is None:
+            self.weight = UninitializedParameter()
+        else:
+            self.in_channels = int(in_channels)
+            self.weight = nn.Parameter(torch.empty(out_channels, self.in_channels, *self.filter_shape))
+        self.bias = None if self.b_std is None else nn.Parameter(torch.empty(out_channels))
+        if in_channels is not None:
+            self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * math.prod(self.filter_shape)
+
+    def _check_features(self, feature_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """The per-dimension geometry, or an error for input of the wrong rank or too small."""
+        n = len(self.filter_shape)
+        if len(feature_shape) != n + 1:
+            expected = "(N, C, L)" if n == 1 else "(N, C, H, W)"
+            raise NtkitError(
+                f"a filter of shape {self.filter_shape} needs inputs {expected}; got features of "
+                f"shape {tuple(feature_shape)} per example"
+            )
+        return geometry(
+            feature_shape[1:], self.filter_shape, self.strides, self.padding, "Conv filter", nhwc_hint(feature_shape)
+        )
+
+    # -- finite face -------------------------------------------------------------------------
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            if x.ndim != len(self.filter_shape) + 2:
+                self._check_features(tuple(x.shape[1:]))
+            self.in_channels = int(x.shape[1])
+            with torch.no_grad():
+                shape = (self.out_channels, self.in_channels, *self.filter_shape)
+                self.weight.materialize(shape, dtype=x.dtype, device=x.device)
+                if self.bias is not None:
+                    self.bias.data = self.bias.data.to(dtype=x.dtype, device=x.device)
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the parameters from the initialization of the chosen parameterization."""
+        if self.has_uninitialized_params():
+            return
+        ntk = self.parameterization == "ntk"
+        with torch.no_grad():
+            self.weight.normal_(0.0, 1.0 if ntk else self.W_std / math.sqrt(self.fan_in))
+            if self.bias is not None:
+                self.bias.normal_(0.0, 1.0 if ntk else self.b_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        geom = self._check_features(tuple(x.shape[1:]))
+        if x.shape[1] != self.in_channels:
+            raise NtkitError(
+                f"input has shape {tuple(x.shape)}; expected {self.in_channels} channels on axis 1"
+                f"{nhwc_hint(tuple(x.shape[1:]))}"
+            )
+        for d, (_, lo, hi) in enumerate(geom):
+            x = pad_axis(x, 2 + d, lo, hi, self.padding)
+        if self.parameterization == "ntk":
+            weight = self.weight * (self.W_std / math.sqrt(self.fan_in))
+            bias = None if self.bias is None else self.bias * self.b_std
+        else:
+            weight, bias = self.weight, self.bias
+        return _CONVOLUTIONS[len(self.filter_shape)](x, weight, bias, stride=self.strides)
+
+    # -- kernel face -------------------------------------------------------------------------
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        k = single(k, "Conv")
+        geom = self._check_features(k.feature_shape)
+        n = len(self.filter_shape)
+        if self.in_channels and k.feature_shape[0] != self.in_channels:
+            raise NtkitError(
+                f"its input has {k.feature_shape[0]} channels, but it was built for {self.in_channels}"
+                f"{nhwc_hint(k.feature_shape)}"
+            )
+        w2 = self.W_std**2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        window = math.prod(self.filter_shape)
+
+        def average(t: torch.Tensor, offset: int) -> torch.Tensor:
+            """:math:`\\mathcal A t` for a tensor whose first spatial axis is ``offset``."""
+            for d in range(n):
+                axes = (offset + d, offset + n + d)
+                t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding)
+            return t.div_(window)
+
+        pooled = average(k.nngp, 2)
+        nngp = (pooled * w2).add_(b2)
+        ntk = None
+        if k.ntk is not None:
+            ntk = average(k.ntk, 2).mul_(w2)
+            if self.parameterization == "ntk":
+                ntk.add_(nngp)
+            else:
+                ntk.add_(pooled * (k.feature_shape[0] * window))
+                if self.b_std is not None:
+                    ntk += 1.0
+        var1, var2 = k.map_variances(lambda v: (average(v, 1) * w2).add_(b2))
+        if k.same_inputs:
+            set_self(nngp, var1)
+        return k.replace(
+            nngp=nngp,
+            ntk=ntk,
+            var1=var1,
+            var2=var2,
+            feature_shape=(self.out_channels,) + tuple(g[0] for g in geom),
+            is_gaussian=True,
+        )
+
+    def extra_repr(self) -> str:
+        bias = "None" if self.b_std is None else f"{self.b_std:g}"
+        return (
+            f"out_channels={self.out_channels}, filter_shape={self.filter_shape}, strides={self.strides}, "
+            f"padding={self.padding!r}, W_std={self.W_std:g}, b_std={bias}, "
+            f"parameterization={self.parameterization!r}"
+        )

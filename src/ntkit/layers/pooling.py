@@ -1,0 +1,170 @@
+"""Pooling over positions: AvgPool, SumPool (windows) and GlobalAvgPool, GlobalSumPool (all)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._errors import NtkitError
+from ..kernel import Kernel
+from ._base import Kernels, Layer, single
+from ._spatial import as_tuple, check_padding, geometry, nhwc_hint, set_self, window_sum
+
+
+def _require_spatial(k: Kernel, layer: str, n: int | None = None) -> int:
+    """The number of spatial dimensions of ``k``; an error for vectors or the wrong rank."""
+    if k.spatial_ndim == 0 or (n is not None and k.spatial_ndim != n):
+        expected = {None: "(N, C, L) or (N, C, H, W)", 1: "(N, C, L)", 2: "(N, C, H, W)"}[n]
+        raise NtkitError(f"{layer} needs inputs {expected}; got features of shape {k.feature_shape} per example")
+    return k.spatial_ndim
+
+
+class _WindowPool(Layer):
+    """Sum over windows of positions, scaled by ``scale(window size)`` (AvgPool, SumPool).
+
+    The pooled output :math:`y(q) = c \\sum_{t} x(s q + t)` is linear, so its kernel sums the
+    input kernel over the window *independently* along each axis of a pair (Novak et al. 2019,
+    Section 3.2; neural-tangents ``stax.AvgPool``):
+
+    .. math:: K'(q, q') = c^2 \\sum_{t, t'} K(s q + t, s q' + t'),
+
+    and the same for :math:`\\Theta`: pooling has no parameters. Zero padding ("same") counts in
+    the window, as in neural-tangents with ``normalize_edges=False``. Cost per pair of examples:
+    :math:`O(|w|\\, |S|^2)`. Gaussian inputs stay Gaussian.
+    """
+
+    def __init__(self, window_shape, strides=None, padding: str = "valid"):
+        super().__init__()
+        n = 1 if isinstance(window_shape, int) else len(tuple(window_shape))
+        if n not in (1, 2):
+            raise NtkitError(f"{self.name}: window_shape must have 1 or 2 entries, got {window_shape!r}")
+        self.window_shape = as_tuple(window_shape, n, "window_shape", self.name)
+        self.strides = as_tuple(self.window_shape if strides is None else strides, n, "strides", self.name)
+        self.padding = check_padding(padding, self.name)
+
+    def _scale(self) -> float:
+        raise NotImplementedError
+
+    def _geometry(self, feature_shape):
+        return geometry(
+            feature_shape[1:], self.window_shape, self.strides, self.padding, f"{self.name}", nhwc_hint(feature_shape)
+        )
+
+    def _pool(self, t: torch.Tensor, first_axis: int, geom) -> torch.Tensor:
+        for d, g in enumerate(geom):
+            t = window_sum(t, first_axis + d, self.window_shape[d], self.strides[d], g, self.padding)
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.window_shape)
+        if x.ndim != n + 2:
+            raise NtkitError(f"input has shape {tuple(x.shape)}; a {n}-D window needs {n} spatial axes")
+        return self._pool(x, 2, self._geometry(tuple(x.shape[1:]))).mul_(self._scale())
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        k = single(k, self.name)
+        n = _require_spatial(k, self.name, len(self.window_shape))
+        geom = self._geometry(k.feature_shape)
+        scale2 = self._scale() ** 2
+
+        def pool(t: torch.Tensor, offset: int) -> torch.Tensor:
+            return self._pool(self._pool(t, offset, geom), offset + n, geom).mul_(scale2)
+
+        var1, var2 = k.map_variances(lambda v: pool(v, 1))
+        nngp = pool(k.nngp, 2)
+        if k.same_inputs:
+            set_self(nngp, var1)
+        return k.replace(
+            nngp=nngp,
+            ntk=None if k.ntk is None else pool(k.ntk, 2),
+            var1=var1,
+            var2=var2,
+            feature_shape=(k.feature_shape[0],) + tuple(g[0] for g in geom),
+        )
+
+    def extra_repr(self) -> str:
+        return f"window_shape={self.window_shape}, strides={self.strides}, padding={self.padding!r}"
+
+
+class AvgPool(_WindowPool):
+    """Average over windows of positions: :math:`y(q) = \\frac{1}{|w|}\\sum_t x(s q + t)`.
+
+    See :class:`_WindowPool` for the kernel map (:math:`c = 1/|w|`).
+
+    Parameters
+    ----------
+    window_shape : int or tuple of int
+        ``(w,)`` (or the int w) for sequences, ``(wh, ww)`` for images.
+    strides : int or tuple of int, optional
+        Default: the window (non-overlapping windows).
+    padding : "valid" (default), "same" or "circular"
+
+    Shapes
+    ------
+    Input ``(N, C, *S)``, output ``(N, C, *S')``.
+    """
+
+    def _scale(self) -> float:
+        return 1.0 / math.prod(self.window_shape)
+
+
+class SumPool(_WindowPool):
+    """Sum over windows of positions: :math:`y(q) = \\sum_t x(s q + t)`; as :class:`AvgPool`
+    with :math:`c = 1`."""
+
+    def _scale(self) -> float:
+        return 1.0
+
+
+class _GlobalPool(Layer):
+    """Pool over all positions: ``(N, C, *S) -> (N, C)``, scaled by ``scale(|S|)``.
+
+    .. math:: K'(x, x') = c^2 \\sum_{p, p'} K(x, x')[p, p'],
+
+    the same for :math:`\\Theta` (Novak et al. 2019, eq. 11; Arora et al. 2019, eq. 9).
+    Cost per pair: :math:`O(|S|^2)`. Gaussian inputs stay Gaussian.
+    """
+
+    def _scale(self, positions: int) -> float:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3:
+            raise NtkitError(f"input has shape {tuple(x.shape)}; expected (N, C, L) or (N, C, H, W)")
+        return x.flatten(2).sum(-1).mul_(self._scale(math.prod(x.shape[2:])))
+
+    def kernel_map(self, k: Kernels) -> Kernel:
+        k = single(k, self.name)
+        _require_spatial(k, self.name)
+        scale2 = self._scale(math.prod(k.feature_shape[1:])) ** 2
+
+        def pool(t: torch.Tensor, offset: int) -> torch.Tensor:
+            return t.flatten(offset).sum(-1).mul_(scale2)
+
+        var1, var2 = k.map_variances(lambda v: pool(v, 1))
+        nngp = pool(k.nngp, 2)
+        if k.same_inputs:
+            set_self(nngp, var1)
+        return k.replace(
+            nngp=nngp,
+            ntk=None if k.ntk is None else pool(k.ntk, 2),
+            var1=var1,
+            var2=var2,
+            feature_shape=(k.feature_shape[0],),
+        )
+
+
+class GlobalAvgPool(_GlobalPool):
+    """Average over all positions: ``(N, C, *S) -> (N, C)``, :math:`c = 1/|S|`
+    (see :class:`_GlobalPool`)."""
+
+    def _scale(self, positions: int) -> float:
+        return 1.0 / positions
+
+
+class GlobalSumPool(_GlobalPool):
+    """Sum over all positions: ``(N, C, *S) -> (N, C)``, :math:`c = 1` (see :class:`_GlobalPool`)."""
+
+    def _scale(self, positions: int) -> float:
+        return 1.0
