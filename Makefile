@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-predict bench-empirical clean
+.PHONY: demo test bench bench-predict bench-empirical bench-cnn clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench-predict: $(STAMP)
 
 bench-empirical: $(STAMP)
 	$(BIN)/python benchmarks/bench_empirical.py
+
+bench-cnn: $(STAMP)
+	$(BIN)/python benchmarks/bench_cnn.py
 
 clean:
 	rm -rf $(VENV) .venv-nt build src/*.egg-info .pytest_cache

@@ -15,3 +15,9 @@ def make_inputs(n: int, dtype: str) -> np.ndarray:
     """Return an (n, 784) array of standard normals in ``dtype``."""
     x = np.random.default_rng(SEED).standard_normal((n, INPUT_DIM))
     return x.astype(dtype)
+
+
+def make_images(n: int, size: int, dtype: str) -> np.ndarray:
+    """Return an (n, 3, size, size) array (NCHW) of standard normals in ``dtype``."""
+    x = np.random.default_rng(SEED).standard_normal((n, 3, size, size))
+    return x.astype(dtype)

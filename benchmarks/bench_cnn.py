@@ -1,0 +1,109 @@
+"""Benchmark ntkit's Myrtle-5 CNTK against neural-tangents, per kernel entry.
+
+For each image size and dtype, runs ntkit_cnn.py (this interpreter) and peer_cnn.py (the
+neural-tangents venv, see _peer_env.py) in fresh processes on the same N images, checks that
+the two agree in float64, and writes a markdown table between the cnn markers of
+benchmarks/README.md. Time per entry is the median time of ``kernel(x)`` (NNGP and NTK
+together) divided by N^2, the number of entries of the kernel (ntkit computes the N(N+1)/2
+distinct ones; whether NT exploits the symmetry is its own business).
+
+    .venv/bin/python benchmarks/bench_cnn.py [--repeats 3] [--no-peer]
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from _peer_env import neural_tangents_python, peer_env_vars
+from bench_mlp import README, cpu_model, fmt, run_json
+
+BEGIN, END = "<!-- cnn:begin -->", "<!-- cnn:end -->"
+#: (image size, N): N chosen so that neural-tangents' call takes about a second.
+CASES = ((8, 32), (32, 2))
+DTYPES = ("float64", "float32")
+
+
+def render(rows, repeats, peer_note):
+    ours = next((r["ntkit"] for r in rows if r["ntkit"]), None)
+    theirs = next((r["nt"] for r in rows if r["nt"]), None)
+    libraries = [f"{x['library']} ({x['backend']})" for x in (ours, theirs) if x]
+    threads = f", torch threads: {ours['torch_threads']}" if ours else ""
+    missing = peer_note[0] if peer_note else "failed"
+    lines = [
+        "Myrtle-5 NTK and NNGP (Conv 3x3 `same` W_std=sqrt 2 no bias + ReLU, x2, AvgPool 2x2, "
+        "Conv + ReLU, AvgPool 2x2, Conv + ReLU, GlobalAvgPool, Dense(10)) of N random 3-channel "
+        "images; time per entry = median time of one `kernel(x)` call / N^2.",
+        "",
+        f"Machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}{threads}. "
+        f"Versions: {'; '.join(libraries) or 'none ran'}. Median of {repeats} runs after one "
+        f"warm-up, {datetime.date.today().isoformat()}.",
+        "",
+        "| image | N | dtype | ntkit ms/entry | NT ms/entry | speed-up (NT/ntkit) | ntkit peak RSS (MB) "
+        "| NT peak RSS (MB) | max rel. difference NNGP / NTK |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ntkit, nt = r["ntkit"] or {}, r["nt"] or {}
+        entries = r["n"] ** 2
+        t_ours = ntkit.get("median_s") and 1e3 * ntkit["median_s"] / entries
+        t_theirs = nt.get("median_s") and 1e3 * nt["median_s"] / entries
+        speedup = t_theirs / t_ours if t_ours and t_theirs else None
+        agreement = (
+            f"{ntkit['max_rel_nngp']:.1e} / {ntkit['max_rel_ntk']:.1e}" if "max_rel_nngp" in ntkit else "—"
+        )
+        lines.append(
+            f"| {r['size']}x{r['size']} | {r['n']} | {r['dtype']} | {fmt(t_ours, '.3g', 'failed')} "
+            f"| {fmt(t_theirs, '.3g', missing)} | {fmt(speedup, '.2f', 'n/a')} "
+            f"| {fmt(ntkit.get('peak_rss_mb'), '.0f', 'failed')} | {fmt(nt.get('peak_rss_mb'), '.0f', missing)} "
+            f"| {agreement} |"
+        )
+    if peer_note:
+        lines += ["", f"NT {peer_note[0]}: {peer_note[1]}."]
+    return "\n".join(lines)
+
+
+def update_readme(block):
+    text = README.read_text() if README.exists() else ""
+    section = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Results: CNN (Myrtle-5)\n\n" + section + "\n"
+    README.write_text(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-peer", action="store_true", help="run ntkit only")
+    args = parser.parse_args()
+
+    peer_python, peer_note = None, ("not run", "--no-peer was given")
+    if not args.no_peer:
+        peer_python = neural_tangents_python()
+        peer_note = None if peer_python else ("unavailable", "its venv could not be built here")
+
+    rows = []
+    for size, n in CASES:
+        for dtype in DTYPES:
+            print(f"{size}x{size} {dtype}", file=sys.stderr)
+            options = dict(size=size, n=n, dtype=dtype, repeats=args.repeats)
+            with tempfile.TemporaryDirectory() as peer_dir:
+                save = {"save": peer_dir} if dtype == "float64" else {}
+                nt = peer_python and run_json(peer_python, "peer_cnn.py", env=peer_env_vars(), **options, **save)
+                compare = {"compare": peer_dir} if nt and save else {}
+                ntkit = run_json(sys.executable, "ntkit_cnn.py", **options, **compare)
+            rows.append(dict(size=size, n=n, dtype=dtype, ntkit=ntkit, nt=nt or None))
+
+    block = render(rows, args.repeats, peer_note)
+    print(block)
+    update_readme(block)
+    print(f"updated {README}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
