@@ -38,6 +38,10 @@ class Layer(nn.Module):
     #: are named by the caller, or by ``kernel`` itself at the top level.
     _names_children = False
 
+    #: Whether the layer's kernel map acts on images and sequences (N, C, *spatial). A network
+    #: takes such inputs when one of its layers does; otherwise they are refused with a hint.
+    takes_images = False
+
     @property
     def name(self) -> str:
         return type(self).__name__

@@ -24,8 +24,6 @@ from .._inputs import check_inputs, find_twins, input_kernel
 from ..kernel import Kernel
 from ._base import Layer
 from ._spatial import transpose_pairs
-from .conv import Conv
-from .pooling import _GlobalPool, _WindowPool
 
 DEFAULT_BLOCK = 512
 #: Covariance entries per block of image pairs, (pairs) x |S|^2: 4M entries (32 MB in float64)
@@ -102,7 +100,7 @@ def _has_spatial_layers(layer: Layer) -> bool:
 
     Without one, image inputs are refused with a hint, rather than silently treated as
     1x1 convolutions of a fully-connected network."""
-    return any(isinstance(module, (Conv, _WindowPool, _GlobalPool)) for module in layer.modules())
+    return any(getattr(module, "takes_images", False) for module in layer.modules())
 
 
 def _block_side(x: torch.Tensor) -> int:

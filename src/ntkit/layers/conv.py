@@ -65,6 +65,8 @@ class Conv(LazyModuleMixin, Layer):
     Input ``(N, in_channels, *S)``, output ``(N, out_channels, *S')``.
     """
 
+    takes_images = True
+
     cls_to_become = None
 
     def __init__(

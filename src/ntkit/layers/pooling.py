@@ -34,6 +34,8 @@ class _WindowPool(Layer):
     :math:`O(|w|\\, |S|^2)`. Gaussian inputs stay Gaussian.
     """
 
+    takes_images = True
+
     def __init__(self, window_shape, strides=None, padding: str = "valid"):
         super().__init__()
         n = 1 if isinstance(window_shape, int) else len(tuple(window_shape))
@@ -125,6 +127,8 @@ class _GlobalPool(Layer):
     the same for :math:`\\Theta` (Novak et al. 2019, eq. 11; Arora et al. 2019, eq. 9).
     Cost per pair: :math:`O(|S|^2)`. Gaussian inputs stay Gaussian.
     """
+
+    takes_images = True
 
     def _scale(self, positions: int) -> float:
         raise NotImplementedError
