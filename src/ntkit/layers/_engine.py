@@ -48,9 +48,10 @@ def _blocks(n1: int, n2: int, size: int, same: bool):
     column of an x2 the caller did not pass.
     """
     starts1, starts2 = range(0, n1, size), range(0, n2, size)
-    pairs = [(i, i) for i in starts1] + [(i, j) for i in starts1 for j in starts2 if j > i] if same else [
-        (i, j) for i in starts1 for j in starts2
-    ]
+    if same:
+        pairs = [(i, i) for i in starts1] + [(i, j) for i in starts1 for j in starts2 if j > i]
+    else:
+        pairs = [(i, j) for i in starts1 for j in starts2]
     for i, j in pairs:
         yield slice(i, min(i + size, n1)), slice(j, min(j + size, n2)), same and i == j
 
