@@ -1,4 +1,4 @@
-"""The ``ntkit`` command: ``ntkit demo``, ``ntkit --version``."""
+"""The ``ntkit`` command: ``ntkit demo``, ``ntkit finite-width``, ``ntkit --version``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,34 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, default=None, metavar="N",
         help="CPU threads of torch and BLAS (default: all cores; 1 can be much faster when "
         "other processes keep the cores busy)",
+    )
+    job.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    from . import finite_width_figure as fwf
+
+    job = commands.add_parser(
+        "finite-width",
+        help="the 1/n correction to the NNGP kernel and NTK against sampled finite networks: a figure",
+        description=(
+            "Sample deep MLPs of several widths at initialization and plot, against width on "
+            "log-log axes, the error of the infinite-width NNGP kernel and NTK against the mean of "
+            "the finite networks (slope -1), and the error left after the 1/n correction "
+            "(slope -2), with standard errors and fitted slopes."
+        ),
+    )
+    job.add_argument("--out", default="ntkit-finite-width", help="output directory (default: %(default)s)")
+    job.add_argument(
+        "--activation", choices=tuple(fwf.ACTIVATIONS), default="tanh",
+        help="activation of the hidden layers (default: %(default)s)",
+    )
+    job.add_argument(
+        "--quick", action="store_true",
+        help=f"widths {' '.join(map(str, fwf.QUICK_WIDTHS))} and fewer networks (a few seconds, noisier)",
+    )
+    job.add_argument("--seed", type=int, default=0, help="seed of the sampled networks")
+    job.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="CPU threads of torch (default: all cores)",
     )
     job.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -114,11 +142,32 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_width(args: argparse.Namespace) -> int:
+    from . import finite_width_figure as fwf
+
+    with _threads(args.threads):
+        result = fwf.run(
+            out=args.out, activation=args.activation, quick=args.quick, seed=args.seed,
+            progress=not args.no_progress,
+        )
+    print(
+        f"{fwf.architecture(result)}; {result.inputs.shape[0]} inputs; mean kernels of sampled "
+        f"networks against the infinite-width and 1/n-corrected kernels:"
+    )
+    print(fwf.format_table(result))
+    print(f"done in {result.seconds:.1f} s")
+    print(f"figure saved to {result.figure.resolve()}")
+    print(f"numbers saved to {result.summary.resolve()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ntkit`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "finite-width":
+        return _finite_width(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects unknown ones
 
 
