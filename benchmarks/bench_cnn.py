@@ -15,12 +15,11 @@ import datetime
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from _peer_env import neural_tangents_python, peer_env_vars
-from bench_mlp import README, cpu_model, fmt, run_json
+from _readme import README, update_section
+from bench_mlp import cpu_model, fmt, run_json
 
-BEGIN, END = "<!-- cnn:begin -->", "<!-- cnn:end -->"
 #: (image size, N): N chosen so that neural-tangents' call takes about a second.
 CASES = ((8, 32), (32, 2))
 DTYPES = ("float64", "float32")
@@ -65,17 +64,6 @@ def render(rows, repeats, peer_note):
     return "\n".join(lines)
 
 
-def update_readme(block):
-    text = README.read_text() if README.exists() else ""
-    section = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Results: CNN (Myrtle-5)\n\n" + section + "\n"
-    README.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -101,7 +89,7 @@ def main():
 
     block = render(rows, args.repeats, peer_note)
     print(block)
-    update_readme(block)
+    update_section("cnn", "Results: CNN (Myrtle-5)", block)
     print(f"updated {README}", file=sys.stderr)
 
 

@@ -26,10 +26,9 @@ import numpy as np
 
 from _nngeometry_env import nngeometry_env
 from _peer_env import neural_tangents_python, peer_env_vars
+from _readme import README, update_section
 
 BENCH_DIR = Path(__file__).resolve().parent
-README = BENCH_DIR / "README.md"
-BEGIN, END = "<!-- empirical:begin -->", "<!-- empirical:end -->"
 CASES = ("mlp:float32", "mlp:float64", "cnn:float32", "cnn:float64", "resnet18:float32")
 NTKIT = ("auto", "structured", "jacobian_contraction", "ntk_vector_products")
 NT = ((1, "0"), (2, "0"), (3, "0"), (3, "none"))
@@ -153,17 +152,6 @@ def render(results, repeats, notes):
     return "\n".join(lines)
 
 
-def update_readme(block):
-    text = README.read_text() if README.exists() else ""
-    section = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    README.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -191,7 +179,7 @@ def main():
             results.append((model, dtype, rows, agreement))
     block = render(results, args.repeats, notes)
     print(block)
-    update_readme(block)
+    update_section("empirical", "Results: empirical NTK", block)
     print(f"updated {README}", file=sys.stderr)
 
 

@@ -20,10 +20,9 @@ import tempfile
 from pathlib import Path
 
 from _peer_env import neural_tangents_python, peer_env_vars
+from _readme import README, update_section
 
 BENCH_DIR = Path(__file__).resolve().parent
-README = BENCH_DIR / "README.md"
-BEGIN, END = "<!-- mlp:begin -->", "<!-- mlp:end -->"
 DTYPES = ("float64", "float32")
 AGREEMENT_N = 300
 RUN_TIMEOUT_S = 1800
@@ -116,18 +115,6 @@ def render(rows, repeats, peer_note, agreement):
     return "\n".join(lines)
 
 
-def update_readme(block):
-    """Replace the text between the mlp markers of README.md (append if absent)."""
-    text = README.read_text() if README.exists() else ""
-    section = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    README.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
@@ -153,7 +140,7 @@ def main():
     agreement = check_agreement(peer_python) if peer_python else None
     block = render(rows, args.repeats, peer_note, agreement)
     print(block)
-    update_readme(block)
+    update_section("mlp", "Results: MLP", block)
     print(f"updated {README}", file=sys.stderr)
 
 

@@ -19,9 +19,9 @@ import sys
 import tempfile
 
 from _peer_env import neural_tangents_python, peer_env_vars
-from bench_mlp import README, cpu_model, fmt, run_json
+from _readme import README, update_section
+from bench_mlp import cpu_model, fmt, run_json
 
-BEGIN, END = "<!-- predict:begin -->", "<!-- predict:end -->"
 DTYPES = ("float64", "float32")
 
 
@@ -75,18 +75,6 @@ def render(rows, repeats, peer_note, agreement):
     return "\n".join(lines)
 
 
-def update_readme(block):
-    """Replace the text between the predict markers of README.md (append them if absent)."""
-    text = README.read_text() if README.exists() else ""
-    section = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Results: predict\n\n" + section + "\n"
-    README.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -116,7 +104,7 @@ def main():
 
     block = render(rows, args.repeats, peer_note, agreement)
     print(block)
-    update_readme(block)
+    update_section("predict", "Results: predict", block)
     print(f"updated {README}", file=sys.stderr)
 
 
