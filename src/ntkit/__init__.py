@@ -5,7 +5,7 @@ from ._errors import NtkitError
 from .empirical import empirical_nngp, empirical_ntk, linearize, monte_carlo_kernel, taylor_expand
 from .kernel import Kernel
 from .layers import (
-    GELU, ABReLU, Abs, Activation, AvgPool, Conv, Cos, Dense, Dropout, Elementwise, Erf, Exp,
+    GELU, ABReLU, Abs, Activation, AvgPool, Conv, ConvLocal, Cos, Dense, Dropout, Elementwise, Erf, Exp,
     FanInConcat, FanInProd, FanInSum, FanOut, Flatten, Gaussian, GlobalAvgPool, GlobalSumPool,
     Hermite, Identity, Layer, LayerNorm, LeakyReLU, Monomial, Parallel, Polynomial, Rbf,
     RectifiedMonomial, ReLU, Serial, Sigmoid, Sign, Sin, Softplus, SumPool, Tanh, parallel,
@@ -15,7 +15,7 @@ from .layers import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABReLU", "Abs", "Activation", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "Elementwise",
+    "ABReLU", "Abs", "Activation", "AvgPool", "Conv", "ConvLocal", "Cos", "Dense", "Dropout", "Elementwise",
     "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "GELU",
     "Gaussian", "GlobalAvgPool", "GlobalSumPool", "Hermite", "Identity", "Kernel", "Layer",
     "LayerNorm", "LeakyReLU", "Monomial", "NtkitError", "Parallel", "Polynomial", "Rbf", "ReLU",

@@ -4,6 +4,7 @@ from ._base import Layer
 from .activation import Activation
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Parallel, Serial, parallel, serial
 from .conv import Conv
+from .conv_local import ConvLocal
 from .dense import Dense
 from .dropout import Dropout
 from .elementwise import Elementwise, Sigmoid, Softplus, Tanh
@@ -17,7 +18,7 @@ from .shape import Flatten, Identity
 from .trigonometric import Cos, Rbf, Sin
 
 __all__ = [
-    "ABReLU", "Abs", "Activation", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "Elementwise",
+    "ABReLU", "Abs", "Activation", "AvgPool", "Conv", "ConvLocal", "Cos", "Dense", "Dropout", "Elementwise",
     "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "GELU",
     "Gaussian", "GlobalAvgPool", "GlobalSumPool", "Hermite", "Identity", "Layer", "LayerNorm",
     "LeakyReLU", "Monomial", "Parallel", "Polynomial", "Rbf", "ReLU", "RectifiedMonomial",

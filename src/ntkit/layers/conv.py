@@ -81,18 +81,19 @@ class Conv(LazyModuleMixin, Layer):
         in_channels: int | None = None,
     ):
         super().__init__()
+        name = self.name
         if not isinstance(out_channels, int) or out_channels < 1:
-            raise NtkitError(f"Conv: out_channels must be a positive integer, got {out_channels!r}")
+            raise NtkitError(f"{name}: out_channels must be a positive integer, got {out_channels!r}")
         n = 1 if isinstance(filter_shape, int) else len(tuple(filter_shape))
         if n not in _CONVOLUTIONS:
-            raise NtkitError(f"Conv: filter_shape must have 1 or 2 entries, got {filter_shape!r}")
+            raise NtkitError(f"{name}: filter_shape must have 1 or 2 entries, got {filter_shape!r}")
         self.out_channels = out_channels
-        self.filter_shape = as_tuple(filter_shape, n, "filter_shape", "Conv")
-        self.strides = as_tuple(1 if strides is None else strides, n, "strides", "Conv")
-        self.padding = check_padding(padding, "Conv")
-        self.W_std = check_std(W_std, "W_std", "Conv", allow_none=False)
-        self.b_std = check_std(b_std, "b_std", "Conv", allow_none=True)
-        self.parameterization = check_parameterization(parameterization, "Conv")
+        self.filter_shape = as_tuple(filter_shape, n, "filter_shape", name)
+        self.strides = as_tuple(1 if strides is None else strides, n, "strides", name)
+        self.padding = check_padding(padding, name)
+        self.W_std = check_std(W_std, "W_std", name, allow_none=False)
+        self.b_std = check_std(b_std, "b_std", name, allow_none=True)
+        self.parameterization = check_parameterization(parameterization, name)
         self.in_channels = 0
         if in_channels is None:
             self.weight = UninitializedParameter()
@@ -116,9 +117,20 @@ class Conv(LazyModuleMixin, Layer):
                 f"a filter of shape {self.filter_shape} needs inputs {expected}; got features of "
                 f"shape {tuple(feature_shape)} per example"
             )
+        window = f"{self.name} filter"
         return geometry(
-            feature_shape[1:], self.filter_shape, self.strides, self.padding, "Conv filter", nhwc_hint(feature_shape)
+            feature_shape[1:], self.filter_shape, self.strides, self.padding, window, nhwc_hint(feature_shape)
         )
+
+    def _check_kernel_input(self, k: Kernel) -> list[tuple[int, int, int]]:
+        """``_check_features`` for the kernel face, and the channels it was built for."""
+        geom = self._check_features(k.feature_shape)
+        if self.in_channels and k.feature_shape[0] != self.in_channels:
+            raise NtkitError(
+                f"its input has {k.feature_shape[0]} channels, but it was built for {self.in_channels}"
+                f"{nhwc_hint(k.feature_shape)}"
+            )
+        return geom
 
     # -- finite face -------------------------------------------------------------------------
 
@@ -164,13 +176,8 @@ class Conv(LazyModuleMixin, Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Conv")
-        geom = self._check_features(k.feature_shape)
+        geom = self._check_kernel_input(k)
         n = len(self.filter_shape)
-        if self.in_channels and k.feature_shape[0] != self.in_channels:
-            raise NtkitError(
-                f"its input has {k.feature_shape[0]} channels, but it was built for {self.in_channels}"
-                f"{nhwc_hint(k.feature_shape)}"
-            )
         w2 = self.W_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
         window = math.prod(self.filter_shape)
