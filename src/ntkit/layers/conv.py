@@ -13,7 +13,7 @@ from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self
-from .dense import check_parameterization, check_std
+from .dense import affine_kernels, check_parameterization, check_std
 
 _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
@@ -178,8 +178,6 @@ class Conv(LazyModuleMixin, Layer):
         k = single(k, "Conv")
         geom = self._check_kernel_input(k)
         n = len(self.filter_shape)
-        w2 = self.W_std**2
-        b2 = 0.0 if self.b_std is None else self.b_std**2
         window = math.prod(self.filter_shape)
 
         def average(t: torch.Tensor, offset: int) -> torch.Tensor:
@@ -189,18 +187,11 @@ class Conv(LazyModuleMixin, Layer):
                 t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding)
             return t.div_(window)
 
-        pooled = average(k.nngp, 2)
-        nngp = (pooled * w2).add_(b2)
-        ntk = None
-        if k.ntk is not None:
-            ntk = average(k.ntk, 2).mul_(w2)
-            if self.parameterization == "ntk":
-                ntk.add_(nngp)
-            else:
-                ntk.add_(pooled * (k.feature_shape[0] * window))
-                if self.b_std is not None:
-                    ntk += 1.0
-        var1, var2 = k.map_variances(lambda v: (average(v, 1) * w2).add_(b2))
+        nngp, ntk = affine_kernels(
+            average(k.nngp, 2), None if k.ntk is None else average(k.ntk, 2), self.W_std, self.b_std,
+            self.parameterization, k.feature_shape[0] * window,
+        )
+        var1, var2 = k.map_variances(lambda v: self._affine(average(v, 1)))
         if k.same_inputs:
             set_self(nngp, var1)
         return k.replace(
@@ -211,6 +202,10 @@ class Conv(LazyModuleMixin, Layer):
             feature_shape=(self.out_channels,) + tuple(g[0] for g in geom),
             is_gaussian=True,
         )
+
+    def _affine(self, var: torch.Tensor) -> torch.Tensor:
+        """The output variances: the NNGP part of :func:`affine_kernels`, with the same operations."""
+        return affine_kernels(var, None, self.W_std, self.b_std, self.parameterization, 0)[0]
 
     def extra_repr(self) -> str:
         bias = "None" if self.b_std is None else f"{self.b_std:g}"

@@ -12,6 +12,7 @@ from ..kernel import Kernel
 from ._base import Kernels, single
 from ._spatial import nhwc_hint, pad_axis, set_self, window_sum
 from .conv import Conv
+from .dense import affine_kernels
 
 
 def _position_diagonal(t: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -166,8 +167,6 @@ class ConvLocal(Conv):
         n = len(self.filter_shape)
         spatial = tuple(k.feature_shape[1:])
         out = tuple(g[0] for g in geom)
-        w2 = self.W_std**2
-        b2 = 0.0 if self.b_std is None else self.b_std**2
         window = math.prod(self.filter_shape)
 
         def average(t: torch.Tensor, batch: int) -> torch.Tensor:
@@ -177,20 +176,14 @@ class ConvLocal(Conv):
                 t = window_sum(t, batch + d, self.filter_shape[d], self.strides[d], geom[d], self.padding)
             return t.div_(window)
 
-        pooled = average(k.nngp, 2)
-        nngp = (pooled * w2).add_(b2)
-        ntk = None
-        if k.ntk is not None:
-            ntk = average(k.ntk, 2).mul_(w2)
-            if self.parameterization == "ntk":
-                ntk.add_(nngp)
-            else:
-                ntk.add_(pooled * (k.feature_shape[0] * window))
-                if self.b_std is not None:
-                    ntk += 1.0
+        nngp, ntk = affine_kernels(
+            average(k.nngp, 2), None if k.ntk is None else average(k.ntk, 2), self.W_std, self.b_std,
+            self.parameterization, k.feature_shape[0] * window,
+        )
+        if ntk is not None:
             ntk = _on_position_diagonal(ntk, 2, out)
         nngp = _on_position_diagonal(nngp, 2, out)
-        var1, var2 = k.map_variances(lambda v: _on_position_diagonal((average(v, 1) * w2).add_(b2), 1, out))
+        var1, var2 = k.map_variances(lambda v: _on_position_diagonal(self._affine(average(v, 1)), 1, out))
         if k.same_inputs:
             set_self(nngp, var1)
         return k.replace(

@@ -30,6 +30,29 @@ def check_std(value, argument: str, layer: str, allow_none: bool) -> float | Non
     return float(value)
 
 
+def affine_kernels(
+    nngp: torch.Tensor, ntk: torch.Tensor | None, W_std: float, b_std: float | None, parameterization: str,
+    fan_in: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The NNGP and NTK of :math:`W x + b` from those of its (window-averaged) input: the map of
+    :class:`Dense`, shared by the convolutions (``fan_in`` = input channels x filter size).
+
+    Separate multiplies and adds, never fused ones (``torch.add`` with ``alpha`` may use an FMA in
+    some vector lanes and not in others): a pair at correlation 1 then gets exactly the numbers of
+    a variance, wherever it sits in the matrix.
+    """
+    w2 = W_std**2
+    out = (nngp * w2).add_(0.0 if b_std is None else b_std**2)
+    if ntk is None:
+        return out, None
+    if parameterization == "ntk":
+        return out, (ntk * w2).add_(out)
+    ntk = (ntk * w2).add_(nngp * fan_in)
+    if b_std is not None:
+        ntk += 1.0
+    return out, ntk
+
+
 class Dense(LazyModuleMixin, Layer):
     """Fully-connected layer :math:`z = W x + b` over the feature (channel) axis.
 
@@ -143,22 +166,8 @@ class Dense(LazyModuleMixin, Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Dense")
-        w2 = self.W_std**2
-        b2 = 0.0 if self.b_std is None else self.b_std**2
-        # Separate multiplies and adds, never fused ones (torch.add with alpha may use an FMA in
-        # some vector lanes and not in others): a pair at correlation 1 then gets exactly the
-        # numbers of a variance, wherever it sits in the matrix.
-        nngp = (k.nngp * w2).add_(b2)
-        ntk = None
-        if k.ntk is not None:
-            if self.parameterization == "ntk":
-                ntk = (k.ntk * w2).add_(nngp)
-            else:
-                fan_in = k.feature_shape[0]
-                ntk = (k.ntk * w2).add_(k.nngp * fan_in)
-                if self.b_std is not None:
-                    ntk += 1.0
-        var1, var2 = k.map_variances(lambda v: (v * w2).add_(b2))
+        nngp, ntk = affine_kernels(k.nngp, k.ntk, self.W_std, self.b_std, self.parameterization, k.feature_shape[0])
+        var1, var2 = k.map_variances(lambda v: self._affine(v))
         return k.replace(
             nngp=nngp,
             ntk=ntk,
@@ -167,6 +176,10 @@ class Dense(LazyModuleMixin, Layer):
             feature_shape=(self.out_features,) + tuple(k.feature_shape[1:]),
             is_gaussian=True,
         )
+
+    def _affine(self, var: torch.Tensor) -> torch.Tensor:
+        """The output variances: the NNGP part of :func:`affine_kernels`, with the same operations."""
+        return affine_kernels(var, None, self.W_std, self.b_std, self.parameterization, 0)[0]
 
     def extra_repr(self) -> str:
         bias = "None" if self.b_std is None else f"{self.b_std:g}"
