@@ -283,7 +283,7 @@ def test_blocks_under_a_memory_budget_give_the_same_kernel(monkeypatch):
     cross = net.kernel(x[:5], x[2:], block_size=512)
     # 16 positions: 256 covariances per pair; a budget of 1024 entries leaves 2 x 2 pairs a block
     monkeypatch.setattr(_engine, "SPATIAL_BUDGET", 1024)
-    assert _engine._block_side(x) == 2
+    assert _engine._block_side(x, "full", 1 << 40) == 2
     blocked, blocked_cross = net.kernel(x), net.kernel(x[:5], x[2:])
     for a, b in ((blocked, whole), (blocked_cross, cross)):
         for field in ("nngp", "ntk"):
@@ -302,7 +302,7 @@ def test_spatial_outputs_are_assembled_with_their_layout():
     assert torch.equal(blocked.nngp, blocked.nngp.permute(1, 0, 4, 5, 2, 3))
     index = torch.arange(5)
     assert torch.equal(whole.nngp[index, index], whole.var1)
-    assert _engine._block_side(torch.zeros(1, 3, 32, 32)) == 2  # 1M covariances per pair
+    assert _engine._block_side(torch.zeros(1, 3, 32, 32), "full", 1 << 40) == 2  # 1M covariances per pair
 
 
 # -- bad input --------------------------------------------------------------------------------

@@ -130,7 +130,12 @@ def find_twins(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool) -> Twins |
 
 
 def input_kernel(
-    x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool, with_ntk: bool, twins: Twins | None = None
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    same_inputs: bool,
+    with_ntk: bool,
+    twins: Twins | None = None,
+    spatial_layout: str = "full",
 ) -> Kernel:
     """The kernel of the raw inputs: :math:`K(x, x') = x \\cdot x' / d`, no NTK yet.
 
@@ -138,10 +143,13 @@ def input_kernel(
     neural-tangents, so that a following ``Dense`` has weight variance ``W_std**2 / d``.
     For images ``(N, C, *S)`` the kernel is per pair of positions and averaged over channels,
     :math:`K(x, x')[p, p'] = \\sum_c x_c(p)\\, x'_c(p') / C` (Novak et al. 2019, eq. 6; as
-    neural-tangents), with shape ``(N1, N2, *S, *S)``.
+    neural-tangents), with shape ``(N1, N2, *S, *S)``; in the ``"diagonal"`` layout only the
+    entries p = p', with shape ``(N1, N2, *S)`` (see :attr:`ntkit.Kernel.spatial_layout`).
     ``twins`` (from :func:`find_twins`) marks identical and antipodal pairs, whose entries are
     then exactly +-variance.
     """
+    if x1.ndim > 2 and spatial_layout == "diagonal":
+        return _diagonal_input_kernel(x1, x2, same_inputs, with_ntk, twins)
     if x1.ndim > 2:
         return _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins)
     features = x1.shape[1]
@@ -200,4 +208,37 @@ def _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
         feature_shape=(channels, *spatial),
         same_inputs=same_inputs,
         is_gaussian=False,
+    )
+
+
+def _diagonal_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
+    """``input_kernel`` for ``(N, C, *S)`` inputs in the diagonal layout ``(N1, N2, *S)``:
+    one (N1, C) x (C, N2) product per position."""
+    (n1, channels), spatial = x1.shape[:2], tuple(x1.shape[2:])
+    n2, positions = x2.shape[0], math.prod(spatial)
+    by_position1 = x1.reshape(n1, channels, positions).permute(2, 0, 1)  # (P, N1, C)
+    by_position2 = x2.reshape(n2, channels, positions).permute(2, 1, 0)  # (P, C, N2)
+    nngp = torch.bmm(by_position1, by_position2).div_(channels).permute(1, 2, 0)
+    nngp = nngp.reshape(n1, n2, *spatial).contiguous()
+    var1 = x1.square().sum(1).div_(channels)
+    if same_inputs:
+        var2 = var1
+        index = torch.arange(n1, device=x1.device)
+        nngp[index, index] = var1  # the exact self-products, whatever the matmul's rounding
+    else:
+        var2 = x2.square().sum(1).div_(channels)
+    if twins is not None:
+        trailing = (1,) * len(spatial)
+        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
+        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(n1, n2, *trailing) * var1[:, None]
+        nngp = torch.where(pairs.reshape(n1, n2, *trailing), signed, nngp)
+    return Kernel(
+        nngp=nngp,
+        ntk=torch.zeros_like(nngp) if with_ntk else None,
+        var1=var1,
+        var2=var2,
+        feature_shape=(channels, *spatial),
+        same_inputs=same_inputs,
+        is_gaussian=False,
+        spatial_layout="diagonal",
     )

@@ -33,6 +33,7 @@ class Kernel:
         the self-covariances that nonlinearities need to normalise ``nngp``. For images, the
         covariance between positions p and p' of the same example; its (p, p) entries are the
         per-position variances, the pairs of a unit with itself (correlation exactly 1).
+        In the ``"diagonal"`` spatial layout, shape (N1, *S): the per-position variances only.
     var2 : Tensor, shape (N2,) or (N2, *S, *S)
         The same for the second batch (equal to ``var1`` when ``same_inputs``).
     feature_shape : tuple of int
@@ -46,6 +47,16 @@ class Kernel:
     is_gaussian : bool
         True when the outputs are jointly Gaussian (after an affine layer), the condition for
         a nonlinearity's closed-form or quadrature kernel map to hold.
+    spatial_layout : "full" or "diagonal"
+        How image kernels hold their positions. ``"full"`` (the default, and what a network
+        that ends on images returns): all pairs of positions, ``nngp`` of shape
+        ``(N1, N2, *S, *S)``. ``"diagonal"``: only equal positions, ``nngp[i, j, p]`` of shape
+        ``(N1, N2, *S)`` and ``var1`` of shape ``(N1, *S)``. A network without pooling that
+        ends in ``Flatten`` needs only these: convolutions pair position p of one image with
+        position p of the other, shifted alike (Novak et al. 2019, Section 3.1), and
+        ``Flatten`` reads only p = p'. The engine chooses it for such networks (cost
+        :math:`O(|S|)` per pair instead of :math:`O(|S|^2)`); layers say whether they accept it
+        with ``Layer.diagonal_layout``. Meaningless, and ``"full"``, for vectors.
     """
 
     nngp: torch.Tensor
@@ -55,6 +66,7 @@ class Kernel:
     feature_shape: tuple[int, ...]
     same_inputs: bool = False
     is_gaussian: bool = False
+    spatial_layout: str = "full"
 
     def replace(self, **changes) -> "Kernel":
         """A copy with some fields changed (the dataclass is frozen)."""
@@ -76,6 +88,11 @@ class Kernel:
         return len(self.feature_shape) - 1
 
     @property
+    def diagonal(self) -> bool:
+        """Whether the image kernel holds only equal positions (``spatial_layout == "diagonal"``)."""
+        return self.spatial_layout == "diagonal"
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.nngp.dtype
 
@@ -88,5 +105,6 @@ class Kernel:
         return (
             f"Kernel(nngp=Tensor{tuple(self.nngp.shape)}, ntk={ntk}, "
             f"feature_shape={self.feature_shape}, same_inputs={self.same_inputs}, "
-            f"is_gaussian={self.is_gaussian}, dtype={self.dtype})"
+            f"is_gaussian={self.is_gaussian}, dtype={self.dtype}"
+            + (f", spatial_layout={self.spatial_layout!r})" if self.spatial_ndim else ")")
         )

@@ -42,6 +42,13 @@ class Layer(nn.Module):
     #: takes such inputs when one of its layers does; otherwise they are refused with a hint.
     takes_images = False
 
+    #: Whether ``kernel_map`` accepts image kernels in the diagonal layout (equal positions
+    #: only, see :attr:`ntkit.Kernel.spatial_layout`): true for layers whose outputs at equal
+    #: positions depend on inputs at equal positions only (convolutions, activations, Flatten),
+    #: false for pooling. A network is computed in that layout when all its layers accept it
+    #: and it ends without spatial axes. False by default, so that a user's own layer is safe.
+    diagonal_layout = False
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -59,6 +66,7 @@ class Layer(nn.Module):
         dtype: torch.dtype = torch.float64,
         block_size: int | None = None,
         progress: bool | None = None,
+        memory_budget: int | str | None = None,
     ) -> Kernel | tuple[Kernel, ...]:
         """Infinite-width NNGP and NTK of this network between ``x1`` and ``x2``.
 
@@ -77,21 +85,31 @@ class Layer(nn.Module):
         block_size : int, optional
             Kernels are computed in blocks of ``block_size`` x ``block_size`` pairs, which
             bounds the working memory to a few such blocks beside the result. Default 512 for
-            vectors; for images, as many as keep a block's (pairs x positions^2) covariances
-            under a budget of 4M entries (2 x 2 pairs for 32 x 32 images).
+            vectors; for images, as many as keep a block's covariances under 4M entries: a
+            pair holds positions^2 of them (2 x 2 pairs for 32 x 32 images), or only
+            ``positions`` for a network without pooling that ends in ``Flatten`` (the diagonal
+            layout of :class:`~ntkit.Kernel`, chosen automatically; 64 x 64 pairs at 32 x 32).
         progress : bool, optional
             Show a progress bar over blocks; None shows one for large kernels on a terminal.
+        memory_budget : int or str, optional
+            Bytes (or a string such as ``"4GB"``) that the computation may use: a quarter for
+            the blocks in flight, the rest for the result. Default: half of the memory
+            available on the inputs' device when the call starts. A result that does not fit
+            raises an error that says what it would need and how to tile it.
 
         Returns
         -------
         Kernel
             ``nngp`` and ``ntk`` of shape (N1, N2) (``ntk`` is None unless asked for), or
-            (N1, N2, *S, *S) for a network that ends on images without pooling; a tuple
+            (N1, N2, *S, *S) for a network that ends on images (all pairs of positions,
+            ``spatial_layout="full"``; see :class:`~ntkit.Kernel`); a tuple
             of Kernels for a network with several outputs (e.g. ending in ``FanOut``).
         """
         from ._engine import evaluate  # the engine imports Layer: import it late
 
-        return evaluate(self, x1, x2, get=get, dtype=dtype, block_size=block_size, progress=progress)
+        return evaluate(
+            self, x1, x2, get=get, dtype=dtype, block_size=block_size, progress=progress, budget=memory_budget
+        )
 
     def __call__(self, *args, **kwargs):
         """``forward``, with an NtkitError raised inside prefixed by this layer's name when the

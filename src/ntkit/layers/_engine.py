@@ -8,7 +8,10 @@ are their transposes.
 
 For images ``(N, C, *S)`` each pair carries ``|S|^2`` covariances (all pairs of positions), so
 blocks hold fewer pairs: their side is chosen so that a block's covariance tensor has at most
-``SPATIAL_BUDGET`` entries.
+``SPATIAL_BUDGET`` entries. A network without pooling that ends in ``Flatten`` needs only the
+``|S|`` covariances of equal positions (the diagonal layout of :class:`ntkit.Kernel`): the
+engine uses it when every layer accepts it (``Layer.diagonal_layout``), and falls back to all
+pairs of positions when the network turns out to end on images.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .._errors import NtkitError
 from .._inputs import check_inputs, find_twins, input_kernel
 from ..kernel import Kernel
 from ._base import Layer
+from ._memory import LIVE_BLOCK_TENSORS, check_pair_fits, check_result_fits, memory_budget
 from ._spatial import transpose_pairs
 
 DEFAULT_BLOCK = 512
@@ -65,35 +69,62 @@ def evaluate(
     dtype: torch.dtype,
     block_size: int | None,
     progress: bool | None,
+    budget=None,
 ) -> Kernel | tuple[Kernel, ...]:
     """``layer.kernel(x1, x2)``: see :meth:`ntkit.layers.Layer.kernel`."""
     with_ntk = _wanted(get)
     if block_size is not None and int(block_size) < 1:
         raise NtkitError(f"block_size must be a positive integer, got {block_size!r}")
     x1, x2, same = check_inputs(x1, x2, dtype, spatial=_has_spatial_layers(layer))
-    size = _block_side(x1) if block_size is None else int(block_size)
-    n1, n2 = x1.shape[0], x2.shape[0]
+    budget = memory_budget(budget, x1.device)
     twins = find_twins(x1, x2, same)
-    if n1 <= size and n2 <= size:  # one block: no copies
-        out = layer._located_kernel_map(input_kernel(x1, x2, same, with_ntk, twins))
-        parts = [out] if isinstance(out, Kernel) else list(out)
-        if same:
-            parts = [_mirrored(part) for part in parts]
-        return parts[0] if isinstance(out, Kernel) else tuple(parts)
+    problem = (layer, x1, x2, same, with_ntk, twins)
+    if x1.ndim > 2 and all(m.diagonal_layout for m in layer.modules() if isinstance(m, Layer)):
+        try:
+            return _evaluate(*problem, "diagonal", block_size, progress, budget)
+        except _EndsOnImages:
+            pass
+    return _evaluate(*problem, "full", block_size, progress, budget)
 
-    blocks = list(_blocks(n1, n2, size, same))
-    results: list[dict] | None = None
-    for rows, cols, diagonal in tqdm(blocks, desc="kernel blocks", disable=_quiet(progress, len(blocks))):
+
+class _EndsOnImages(Exception):
+    """The network's output still has positions: the diagonal layout cannot describe it."""
+
+
+def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress, budget):
+    """``evaluate`` with a chosen spatial layout for image inputs.
+
+    A quarter of the memory budget goes to the blocks being computed, the rest to the result."""
+    size = _block_side(x1, layout, budget // 4) if block_size is None else int(block_size)
+    n1, n2 = x1.shape[0], x2.shape[0]
+
+    single_output = True
+
+    def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> list[Kernel]:
+        nonlocal single_output
         block_twins = None if twins is None else twins.block(rows, cols)
-        k_in = input_kernel(x1[rows], x2[cols], diagonal, with_ntk, block_twins)
-        k_out = layer._located_kernel_map(k_in)
-        parts = [k_out] if isinstance(k_out, Kernel) else list(k_out)
-        if results is None:
-            results = [_allocate(p, n1, n2, same) for p in parts]
-        for part, result in zip(parts, results):
-            _write(result, part, rows, cols, diagonal, mirror=same and not diagonal)
-    kernels = [_assemble(r, same) for r in results]
-    return kernels[0] if len(kernels) == 1 else tuple(kernels)
+        k_out = layer._located_kernel_map(input_kernel(x1[rows], x2[cols], on_diagonal, with_ntk, block_twins, layout))
+        single_output = isinstance(k_out, Kernel)
+        parts = [k_out] if single_output else list(k_out)
+        if any(part.diagonal and part.spatial_ndim for part in parts):
+            raise _EndsOnImages
+        return parts
+
+    if n1 <= size and n2 <= size:  # one block: no copies
+        parts = kernel_map(slice(0, n1), slice(0, n2), same)
+        kernels = [_mirrored(part) for part in parts] if same else parts
+    else:
+        blocks = list(_blocks(n1, n2, size, same))
+        results: list[dict] = []
+        for rows, cols, diagonal in tqdm(blocks, desc="kernel blocks", disable=_quiet(progress, len(blocks))):
+            parts = kernel_map(rows, cols, diagonal)
+            if not results:
+                _check_result(parts, n1, n2, budget - budget // 4)
+                results = [_allocate(p, n1, n2, same) for p in parts]
+            for part, result in zip(parts, results):
+                _write(result, part, rows, cols, diagonal, mirror=same and not diagonal)
+        kernels = [_assemble(r, same) for r in results]
+    return kernels[0] if single_output else tuple(kernels)
 
 
 def _has_spatial_layers(layer: Layer) -> bool:
@@ -104,12 +135,26 @@ def _has_spatial_layers(layer: Layer) -> bool:
     return any(getattr(module, "takes_images", False) for module in layer.modules())
 
 
-def _block_side(x: torch.Tensor) -> int:
-    """The default number of examples per block side: 512, fewer for images (memory budget)."""
+def _block_side(x: torch.Tensor, layout: str, budget: int) -> int:
+    """The default number of examples per block side: 512, fewer for images.
+
+    Image blocks hold at most ``SPATIAL_BUDGET`` covariances (to stay in cache) and at most
+    ``budget`` bytes in the ``LIVE_BLOCK_TENSORS`` tensors of a kernel map."""
     positions = x[0, 0].numel() if x.ndim > 2 else 1
-    if positions == 1:
-        return DEFAULT_BLOCK
-    return max(1, min(DEFAULT_BLOCK, math.isqrt(SPATIAL_BUDGET // positions**2)))
+    per_pair = positions if layout == "diagonal" else positions**2
+    pair_bytes = per_pair * x.element_size() * LIVE_BLOCK_TENSORS
+    check_pair_fits(pair_bytes, budget, per_pair)
+    side = min(DEFAULT_BLOCK, math.isqrt(budget // pair_bytes))
+    if positions > 1:
+        side = min(side, math.isqrt(SPATIAL_BUDGET // per_pair))
+    return max(1, side)
+
+
+def _check_result(parts: list[Kernel], n1: int, n2: int, budget: int) -> None:
+    """The whole result must fit in what the blocks leave of the budget."""
+    per_pair = sum(p.nngp[0, 0].numel() * (1 if p.ntk is None else 2) for p in parts)
+    shape = (n1, n2) + tuple(parts[0].nngp.shape[2:])
+    check_result_fits(per_pair * n1 * n2 * parts[0].nngp.element_size(), budget, shape, n1, n2)
 
 
 def _quiet(progress: bool | None, n_blocks: int) -> bool | None:

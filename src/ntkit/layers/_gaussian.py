@@ -48,6 +48,13 @@ class GaussianPair:
         if n == 0:
             return cls(k.nngp, k.var1[:, None], k.var2[None, :], "diagonal" if k.same_inputs else "none")
         spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
+        if k.diagonal:  # equal positions only: cov (N1, N2, *S), variances (N, *S)
+            n1 = k.var1.shape[0]
+            var1, var2 = k.var1.unsqueeze(1), k.var2.unsqueeze(0)
+            if not k.same_inputs:
+                return cls(k.nngp, var1, var2, "none")
+            same = torch.eye(n1, dtype=torch.bool, device=k.device).reshape(n1, n1, *ones)
+            return cls(k.nngp, var1, var2, "mask", same)
         d1 = self_diagonal(k.var1, n)
         d2 = d1 if k.same_inputs else self_diagonal(k.var2, n)
         var1 = d1.reshape(d1.shape[0], 1, *spatial, *ones)
@@ -61,7 +68,8 @@ class GaussianPair:
     @classmethod
     def of_variance(cls, var: torch.Tensor, spatial_ndim: int = 0) -> "GaussianPair":
         """Each example with itself, to compute the output variances (for images: every pair of
-        positions of an example, ``var`` of shape (N, *S, *S))."""
+        positions of an example, ``var`` of shape (N, *S, *S); in the diagonal layout, ``var``
+        of shape (N, *S) holds variances only and ``spatial_ndim`` is 0)."""
         if spatial_ndim == 0:
             return cls(var, var, var, "all")
         spatial, ones = tuple(var.shape[1 : 1 + spatial_ndim]), (1,) * spatial_ndim

@@ -28,6 +28,8 @@ class Activation(Layer):
     the self-pairs at correlation 1 being the (p, p) entries of an example's self-covariance.
     """
 
+    diagonal_layout = True
+
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -42,7 +44,7 @@ class Activation(Layer):
         k = single(k, self.name)
         require_gaussian(k, self.name)
         nngp, derivative = self.dual(GaussianPair.of_kernel(k), derivative=k.ntk is not None)
-        n = k.spatial_ndim
+        n = 0 if k.diagonal else k.spatial_ndim  # diagonal layout: variances only, as vectors
         var1, var2 = k.map_variances(self._variance if n == 0 else lambda v: self._covariance(v, n))
         if k.same_inputs:  # keep the diagonal exactly the variances, as every layer does
             set_self(nngp, var1)

@@ -16,6 +16,8 @@ from ._base import Kernels, Layer, branches, single
 class Serial(Layer):
     """Layers applied one after the other, in both faces (``serial(*layers)``)."""
 
+    diagonal_layout = True
+
     _names_children = True
 
     def __init__(self, *layers: Layer):
@@ -48,6 +50,8 @@ class Serial(Layer):
 
 class Parallel(Layer):
     """One layer per branch: branch i of the input goes through ``layers[i]`` (``parallel(*layers)``)."""
+
+    diagonal_layout = True
 
     _names_children = True
 
@@ -86,6 +90,8 @@ class Parallel(Layer):
 class FanOut(Layer):
     """Copy the input into ``n`` branches."""
 
+    diagonal_layout = True
+
     def __init__(self, n: int):
         super().__init__()
         if not isinstance(n, int) or n < 1:
@@ -106,6 +112,8 @@ class FanInSum(Layer):
     """Sum the branches. Branches are independent at infinite width when each, but at most one,
     ends in a randomly initialised layer since the ``FanOut``; kernels then add (Novak et al.
     2020, ``stax.FanInSum``), and the sum of Gaussians is Gaussian."""
+
+    diagonal_layout = True
 
     def forward(self, xs):
         _check_branch_shapes(xs)
@@ -133,6 +141,8 @@ class FanInConcat(Layer):
     non-Gaussian: a nonlinearity applied to the averaged kernel would be wrong, and needs a
     ``Dense`` after the concatenation.
     """
+
+    diagonal_layout = True
 
     def forward(self, xs):
         _check_branch_shapes(xs, axis=1)
@@ -165,6 +175,8 @@ class FanInProd(Layer):
     product rule, :math:`\\Theta = \\sum_b \\Theta_b \\prod_{c \\ne b} K_c` (Novak et al. 2020,
     ``stax.FanInProd``). A product of Gaussians is not Gaussian.
     """
+
+    diagonal_layout = True
 
     def forward(self, xs):
         _check_branch_shapes(xs)

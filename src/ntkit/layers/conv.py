@@ -12,7 +12,9 @@ from torch.nn.parameter import UninitializedParameter
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
-from ._spatial import as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self
+from ._spatial import (
+    as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self, window_sum,
+)
 from .dense import affine_kernels, check_parameterization, check_std
 
 _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
@@ -64,6 +66,8 @@ class Conv(LazyModuleMixin, Layer):
     ------
     Input ``(N, in_channels, *S)``, output ``(N, out_channels, *S')``.
     """
+
+    diagonal_layout = True
 
     takes_images = True
 
@@ -181,10 +185,16 @@ class Conv(LazyModuleMixin, Layer):
         window = math.prod(self.filter_shape)
 
         def average(t: torch.Tensor, offset: int) -> torch.Tensor:
-            """:math:`\\mathcal A t` for a tensor whose first spatial axis is ``offset``."""
+            """:math:`\\mathcal A t` for a tensor whose first spatial axis is ``offset``.
+
+            In the diagonal layout the paired axes are one axis, and the shifts along the
+            diagonal are plain window sums."""
             for d in range(n):
-                axes = (offset + d, offset + n + d)
-                t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding)
+                if k.diagonal:
+                    t = window_sum(t, offset + d, self.filter_shape[d], self.strides[d], geom[d], self.padding)
+                else:
+                    axes = (offset + d, offset + n + d)
+                    t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding)
             return t.div_(window)
 
         nngp, ntk = affine_kernels(

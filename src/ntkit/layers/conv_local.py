@@ -170,8 +170,10 @@ class ConvLocal(Conv):
         window = math.prod(self.filter_shape)
 
         def average(t: torch.Tensor, batch: int) -> torch.Tensor:
-            """:math:`[\\mathcal A t](p, p)` at each output position: ``(*B, *S, *S) -> (*B, *S')``."""
-            t = _position_diagonal(t, batch, spatial)
+            """:math:`[\\mathcal A t](p, p)` at each output position: ``(*B, *S, *S) -> (*B, *S')``
+            (``(*B, *S) -> (*B, *S')`` in the diagonal layout)."""
+            if not k.diagonal:
+                t = _position_diagonal(t, batch, spatial)
             for d in range(n):
                 t = window_sum(t, batch + d, self.filter_shape[d], self.strides[d], geom[d], self.padding)
             return t.div_(window)
@@ -180,10 +182,13 @@ class ConvLocal(Conv):
             average(k.nngp, 2), None if k.ntk is None else average(k.ntk, 2), self.W_std, self.b_std,
             self.parameterization, k.feature_shape[0] * window,
         )
-        if ntk is not None:
-            ntk = _on_position_diagonal(ntk, 2, out)
-        nngp = _on_position_diagonal(nngp, 2, out)
-        var1, var2 = k.map_variances(lambda v: _on_position_diagonal(self._affine(average(v, 1)), 1, out))
+        if k.diagonal:
+            var1, var2 = k.map_variances(lambda v: self._affine(average(v, 1)))
+        else:  # different output positions see independent weights: zero covariance
+            if ntk is not None:
+                ntk = _on_position_diagonal(ntk, 2, out)
+            nngp = _on_position_diagonal(nngp, 2, out)
+            var1, var2 = k.map_variances(lambda v: _on_position_diagonal(self._affine(average(v, 1)), 1, out))
         if k.same_inputs:
             set_self(nngp, var1)
         return k.replace(

@@ -99,6 +99,8 @@ class Dense(LazyModuleMixin, Layer):
     axis as a 1x1 convolution. Output the same with ``out_features``.
     """
 
+    diagonal_layout = True
+
     cls_to_become = None
 
     def __init__(

@@ -31,6 +31,8 @@ class Dropout(Layer):
     In evaluation mode (``net.eval()``) the kernel is unchanged.
     """
 
+    diagonal_layout = True
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not isinstance(p, (int, float)) or not 0 <= p < 1:
@@ -59,9 +61,11 @@ class Dropout(Layer):
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def _spatial_kernel_map(self, k: Kernel, factor: float) -> Kernel:
-        same_position = position_mask(tuple(k.feature_shape[1:]), k.device)
+        same_position = None if k.diagonal else position_mask(tuple(k.feature_shape[1:]), k.device)
 
         def scaled(t: torch.Tensor) -> torch.Tensor:
+            if same_position is None:  # the diagonal layout: every entry pairs equal positions
+                return t * factor
             return torch.where(same_position, t * factor, t)
 
         var1, var2 = k.map_variances(scaled)

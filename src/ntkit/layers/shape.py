@@ -14,6 +14,8 @@ from ._spatial import set_self
 class Identity(Layer):
     """:math:`f(x) = x`, in both faces (e.g. the skip branch of a residual block)."""
 
+    diagonal_layout = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -36,6 +38,8 @@ class Flatten(Layer):
     ``Dense`` after the ``Flatten``. Cost per pair: :math:`O(|S|)`.
     """
 
+    diagonal_layout = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
@@ -48,6 +52,8 @@ class Flatten(Layer):
 
         def trace(t: torch.Tensor, leading: int) -> torch.Tensor:
             """The mean of the p = p' entries of ``t``, whose first ``leading`` axes are batches."""
+            if k.diagonal:
+                return t.reshape(*t.shape[:leading], positions).sum(-1).div_(positions)
             flat = t.reshape(*t.shape[:leading], positions, positions)
             return flat.diagonal(dim1=-2, dim2=-1).sum(-1).div_(positions)
 
@@ -62,4 +68,5 @@ class Flatten(Layer):
             var2=var2,
             feature_shape=(k.feature_shape[0] * positions,),
             is_gaussian=k.is_gaussian and positions == 1,
+            spatial_layout="full",
         )
