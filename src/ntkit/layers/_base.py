@@ -84,7 +84,8 @@ class Layer(nn.Module):
             Precision of the computation and of the result.
         block_size : int, optional
             Kernels are computed in blocks of ``block_size`` x ``block_size`` pairs, which
-            bounds the working memory to a few such blocks beside the result. Default 512 for
+            bounds the working memory to a few such blocks beside the result. Default on a
+            GPU: as large as the memory budget allows, up to 8192. Default on the CPU: 512 for
             vectors; for images, as many as keep a block's covariances under 4M entries: a
             pair holds positions^2 of them (2 x 2 pairs for 32 x 32 images), or only
             ``positions`` for a network without pooling that ends in ``Flatten`` (the diagonal

@@ -30,6 +30,9 @@ from ._memory import LIVE_BLOCK_TENSORS, check_pair_fits, check_result_fits, mem
 from ._spatial import transpose_pairs
 
 DEFAULT_BLOCK = 512
+#: On a GPU, blocks are limited by the memory budget alone (up to this side): a kernel map
+#: launches a few dozen kernels per block whatever its size, and caches matter less.
+GPU_BLOCK = 8192
 #: Covariance entries per block of image pairs, (pairs) x |S|^2: 4M entries (32 MB in float64)
 #: per tensor, of which a layer holds a few (nngp, ntk, temporaries of its kernel map).
 SPATIAL_BUDGET = 1 << 22
@@ -136,16 +139,17 @@ def _has_spatial_layers(layer: Layer) -> bool:
 
 
 def _block_side(x: torch.Tensor, layout: str, budget: int) -> int:
-    """The default number of examples per block side: 512, fewer for images.
-
-    Image blocks hold at most ``SPATIAL_BUDGET`` covariances (to stay in cache) and at most
-    ``budget`` bytes in the ``LIVE_BLOCK_TENSORS`` tensors of a kernel map."""
+    """The default number of examples per block side: on the CPU 512, fewer for images, whose
+    blocks hold at most ``SPATIAL_BUDGET`` covariances (to stay in cache); on a GPU up to
+    ``GPU_BLOCK``. Always at most ``budget`` bytes in the ``LIVE_BLOCK_TENSORS`` tensors of a
+    kernel map."""
     positions = x[0, 0].numel() if x.ndim > 2 else 1
     per_pair = positions if layout == "diagonal" else positions**2
     pair_bytes = per_pair * x.element_size() * LIVE_BLOCK_TENSORS
     check_pair_fits(pair_bytes, budget, per_pair)
-    side = min(DEFAULT_BLOCK, math.isqrt(budget // pair_bytes))
-    if positions > 1:
+    on_cpu = x.device.type == "cpu"
+    side = min(DEFAULT_BLOCK if on_cpu else GPU_BLOCK, math.isqrt(budget // pair_bytes))
+    if positions > 1 and on_cpu:
         side = min(side, math.isqrt(SPATIAL_BUDGET // per_pair))
     return max(1, side)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 import torch
 
 from ..kernel import Kernel
-from ._spatial import position_mask, self_diagonal
+from ._spatial import paired_diagonal, self_diagonal
 
 
 class GaussianPair:
@@ -18,14 +19,14 @@ class GaussianPair:
     ``v1 = var1``, ``v2 = var2`` broadcast against each other. A nonlinearity's dual reads the
     statistics it needs; derived ones are computed once, on first use.
 
-    ``self_pairs`` says which pairs are an example with itself: ``"none"``, ``"diagonal"``
-    (``cov[i, i]``, when both batches are the same examples), ``"all"`` (a vector of
-    variances) or ``"mask"`` (image kernels: where the boolean ``mask``, broadcast against
-    ``cov``, is true, i.e. the (i, i, p, p) entries of a same-inputs block and the (p, p)
-    entries of a self-covariance). There the correlation is exactly 1, whatever the rounding
-    of ``cov``: near correlation 1 the arc-cosine kernels' derivative terms have infinite
-    slope, so a rounded correlation of :math:`1 - \\epsilon` would cost :math:`\\sqrt{\\epsilon}`
-    in accuracy.
+    ``self_pairs`` says which pairs are an example with itself: ``"none"``, ``"all"`` (a
+    vector of variances) or ``"view"``: ``self_view(t)``, a view of a tensor shaped like ``cov``,
+    holds exactly those entries (``cov[i, i]`` of a same-inputs block; for images its
+    (i, i, p, p) entries, or the (p, p) entries of a self-covariance). There the correlation is
+    exactly 1, whatever the rounding of ``cov``: near correlation 1 the arc-cosine kernels'
+    derivative terms have infinite slope, so a rounded correlation of :math:`1 - \\epsilon`
+    would cost :math:`\\sqrt{\\epsilon}` in accuracy. Writing them through a view costs
+    O(N |S|), not a pass over the block.
 
     Pre-activations of zero variance (a zero input with no bias) are the constant 0; their
     correlation with anything is taken as 0, so that ``norm_product * f(correlation)`` is 0.
@@ -37,33 +38,28 @@ class GaussianPair:
         var1: torch.Tensor,
         var2: torch.Tensor,
         self_pairs: str,
-        mask: torch.Tensor | None = None,
+        self_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.cov, self.var1, self.var2, self.self_pairs, self.mask = cov, var1, var2, self_pairs, mask
+        self.cov, self.var1, self.var2, self.self_pairs, self.self_view = cov, var1, var2, self_pairs, self_view
 
     @classmethod
     def of_kernel(cls, k: Kernel) -> "GaussianPair":
         """All pairs (i, j) of a Kernel's two batches (and, for images, all pairs (p, p'))."""
         n = k.spatial_ndim
         if n == 0:
-            return cls(k.nngp, k.var1[:, None], k.var2[None, :], "diagonal" if k.same_inputs else "none")
-        spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
-        if k.diagonal:  # equal positions only: cov (N1, N2, *S), variances (N, *S)
-            n1 = k.var1.shape[0]
+            var1, var2 = k.var1[:, None], k.var2[None, :]
+        elif k.diagonal:  # equal positions only: cov (N1, N2, *S), variances (N, *S)
             var1, var2 = k.var1.unsqueeze(1), k.var2.unsqueeze(0)
-            if not k.same_inputs:
-                return cls(k.nngp, var1, var2, "none")
-            same = torch.eye(n1, dtype=torch.bool, device=k.device).reshape(n1, n1, *ones)
-            return cls(k.nngp, var1, var2, "mask", same)
-        d1 = self_diagonal(k.var1, n)
-        d2 = d1 if k.same_inputs else self_diagonal(k.var2, n)
-        var1 = d1.reshape(d1.shape[0], 1, *spatial, *ones)
-        var2 = d2.reshape(1, d2.shape[0], *ones, *spatial)
+        else:
+            spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
+            d1 = self_diagonal(k.var1, n)
+            d2 = d1 if k.same_inputs else self_diagonal(k.var2, n)
+            var1 = d1.reshape(d1.shape[0], 1, *spatial, *ones)
+            var2 = d2.reshape(1, d2.shape[0], *ones, *spatial)
         if not k.same_inputs:
             return cls(k.nngp, var1, var2, "none")
-        n1 = d1.shape[0]
-        same = torch.eye(n1, dtype=torch.bool, device=d1.device).reshape(n1, n1, *ones, *ones)
-        return cls(k.nngp, var1, var2, "mask", same & position_mask(spatial, d1.device))
+        paired = 0 if k.diagonal else n  # (i, i) pairs, and (p, p) pairs in the full layout
+        return cls(k.nngp, var1, var2, "view", lambda t: paired_diagonal(t.diagonal(0, 0, 1), 0, paired))
 
     @classmethod
     def of_variance(cls, var: torch.Tensor, spatial_ndim: int = 0) -> "GaussianPair":
@@ -76,7 +72,7 @@ class GaussianPair:
         diagonal = self_diagonal(var, spatial_ndim)
         var1 = diagonal.reshape(var.shape[0], *spatial, *ones)
         var2 = diagonal.reshape(var.shape[0], *ones, *spatial)
-        return cls(var, var1, var2, "mask", position_mask(spatial, var.device))
+        return cls(var, var1, var2, "view", lambda t: paired_diagonal(t, 1, spatial_ndim))
 
     @cached_property
     def std1(self) -> torch.Tensor:
@@ -104,10 +100,8 @@ class GaussianPair:
         if bool((self.var1 <= 0).any()) or bool((self.var2 <= 0).any()):
             c = torch.where(self.norm_product > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
         c.clamp_(-1.0, 1.0)
-        if self.self_pairs == "diagonal":
-            c.diagonal().copy_((self.var1[:, 0] > 0).to(c.dtype))
-        elif self.self_pairs == "mask":
-            c = torch.where(self.mask, (self.norm_product > 0).to(c.dtype), c)
+        if self.self_pairs == "view":
+            self.self_view(c).copy_(self.self_view(self.norm_product) > 0)
         return c
 
     @cached_property

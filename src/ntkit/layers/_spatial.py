@@ -104,19 +104,36 @@ def _prepared(t: torch.Tensor, axes, geom, padding: str):
     return t, (out, 0, 0)
 
 
+def _summed(t: torch.Tensor, axes, out: int, taps) -> torch.Tensor:
+    """:math:`\\sum_j t[\\text{source}_j]` written into ``target_j`` along ``axes`` (one axis, or two
+    paired ones that take the same slices). A tap that covers every output (the centre tap of a
+    "same" window, any tap of a "valid" one) starts the sum as a copy; otherwise it starts
+    from zeros. One pass fewer than adding every tap into zeros."""
+    taps = list(taps)
+    covering = next((i for i, (_, target) in enumerate(taps) if target == slice(0, out)), None)
+    index = [slice(None)] * t.ndim
+
+    def at(slices):
+        for axis in axes:
+            index[axis] = slices
+        return tuple(index)
+
+    if covering is None:
+        shape = list(t.shape)
+        for axis in axes:
+            shape[axis] = out
+        total = t.new_zeros(shape)
+    else:
+        total = t[at(taps.pop(covering)[0])].clone(memory_format=torch.contiguous_format)
+    for source, target in taps:
+        total[at(target)] += t[at(source)]
+    return total
+
+
 def window_sum(t: torch.Tensor, axis: int, window: int, stride: int, geom: tuple[int, int, int], padding: str):
     """:math:`y[q] = \\sum_{j < w} t_{pad}[s q + j]` along one axis (pooling, finite or kernel)."""
     t, geom = _prepared(t, (axis,), geom, padding)
-    shape = list(t.shape)
-    shape[axis] = geom[0]
-    total = t.new_zeros(shape)
-    index = [slice(None)] * t.ndim
-    for source, target in _taps(t.shape[axis], window, stride, geom):
-        index[axis] = target
-        into = tuple(index)
-        index[axis] = source
-        total[into] += t[tuple(index)]
-    return total
+    return _summed(t, (axis,), geom[0], _taps(t.shape[axis], window, stride, geom))
 
 
 def diagonal_window_sum(t, axes: tuple[int, int], window: int, stride: int, geom, padding: str):
@@ -125,18 +142,8 @@ def diagonal_window_sum(t, axes: tuple[int, int], window: int, stride: int, geom
     The kernel of a convolution: both positions see the same filter tap j (Novak et al. 2019,
     eq. 8; Arora et al. 2019, eq. 7), so only shifts along the diagonal are summed.
     """
-    a, b = axes
     t, geom = _prepared(t, axes, geom, padding)
-    shape = list(t.shape)
-    shape[a] = shape[b] = geom[0]
-    total = t.new_zeros(shape)
-    index = [slice(None)] * t.ndim
-    for source, target in _taps(t.shape[a], window, stride, geom):
-        index[a] = index[b] = target
-        into = tuple(index)
-        index[a] = index[b] = source
-        total[into] += t[tuple(index)]
-    return total
+    return _summed(t, axes, geom[0], _taps(t.shape[axes[0]], window, stride, geom))
 
 
 def self_diagonal(var: torch.Tensor, n: int) -> torch.Tensor:
@@ -144,6 +151,14 @@ def self_diagonal(var: torch.Tensor, n: int) -> torch.Tensor:
     spatial = tuple(var.shape[1 : 1 + n])
     positions = math.prod(spatial)
     return var.reshape(var.shape[0], positions, positions).diagonal(dim1=1, dim2=2).reshape(var.shape[0], *spatial)
+
+
+def paired_diagonal(t: torch.Tensor, first: int, n: int) -> torch.Tensor:
+    """A view of the entries p = p' of ``t``, whose paired spatial axes start at ``first``:
+    ``(..., *S, *S, ...) -> (..., ..., *S)`` (diagonal axes last, as ``Tensor.diagonal``)."""
+    for d in range(n):
+        t = t.diagonal(0, first, first + n - d)
+    return t
 
 
 def position_mask(spatial: tuple[int, ...], device) -> torch.Tensor:

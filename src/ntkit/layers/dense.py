@@ -42,7 +42,7 @@ def affine_kernels(
     a variance, wherever it sits in the matrix.
     """
     w2 = W_std**2
-    out = (nngp * w2).add_(0.0 if b_std is None else b_std**2)
+    out = nngp * w2 if b_std is None else (nngp * w2).add_(b_std**2)
     if ntk is None:
         return out, None
     if parameterization == "ntk":
