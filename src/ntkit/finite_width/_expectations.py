@@ -46,10 +46,13 @@ class PairGaussian:
     """The statistics of ``sigma(z)`` for ``z ~ N(0, [[K_aa, K_ab], [K_ab, K_bb]])``, per pair.
 
     ``k`` is (P, 3) float64; ``same`` (P,) marks pairs of identical samples, whose ``ab`` slot
-    is then the single-sample function (all three variables move together).
+    is then the single-sample function (all three variables move together). With
+    ``hessians=False`` the second K-derivatives are skipped (``hess``, ``hessp`` are zero): the
+    four-point engine needs only first derivatives, and the Hessians' double backward through
+    the quadrature is most of the cost for smooth activations.
     """
 
-    def __init__(self, act, k: torch.Tensor, same: torch.Tensor):
+    def __init__(self, act, k: torch.Tensor, same: torch.Tensor, hessians: bool = True):
         self.act, self.k, self.same = act, k, same
         if isinstance(act, ABReLU):
             self._grid = _PolarGrid(act, k)
@@ -61,7 +64,7 @@ class PairGaussian:
             order = max(order, int(_NODES_PER_STD * largest) | 1)
             self._grid = _TensorGrid(_smooth_fn(act), k, order)
             rule = None if isinstance(act, Erf) else (self._grid.nodes, self._grid.weights)
-        self.g, self.jac, self.hess, self.gp, self.jacp, self.hessp = _closed_form(act, k, same, rule)
+        self.g, self.jac, self.hess, self.gp, self.jacp, self.hessp = _closed_form(act, k, same, rule, hessians)
 
     def expect(self, factors) -> torch.Tensor:
         """``E[prod sigma^(order)(z_sample)]`` for ``factors = ((sample, order), ...)``: (P,)."""
@@ -86,7 +89,7 @@ def _smooth_fn(act):
     return act.fn
 
 
-def _closed_form(act, k: torch.Tensor, same: torch.Tensor, rule=None):
+def _closed_form(act, k: torch.Tensor, same: torch.Tensor, rule=None, hessians: bool = True):
     """g, J, H and gp, Jp, Hp by autograd of the closed forms, or of the quadrature ``rule``."""
     p = k.shape[0]
     out = []
@@ -94,9 +97,11 @@ def _closed_form(act, k: torch.Tensor, same: torch.Tensor, rule=None):
     for index in range(2):  # 0: <sigma sigma>, 1: <sigma' sigma'>
         value, jac, hess = k.new_zeros(p, 3), k.new_zeros(p, 3, 3), k.new_zeros(p, 3, 3, 3)
         for w in (0, 2):
-            v, d1, d2 = _derivatives(lambda x: _single(act, x, rule)[index], [k[:, w]])
+            v, d1, d2 = _derivatives(lambda x: _single(act, x, rule)[index], [k[:, w]], hessians)
             value[:, w], jac[:, w, w], hess[:, w, w, w] = v, d1[0], d2[0][0]
-        v, d1, d2 = _derivatives(lambda a, c, b: _pair(act, a, c, b, rule)[index], [k[:, 0], safe_ab, k[:, 2]])
+        v, d1, d2 = _derivatives(
+            lambda a, c, b: _pair(act, a, c, b, rule)[index], [k[:, 0], safe_ab, k[:, 2]], hessians
+        )
         value[:, 1] = torch.where(same, value[:, 0], v)
         for u in range(3):
             jac[:, 1, u] = torch.where(same, jac[:, 0, 0] if u == 0 else 0.0 * v, d1[u])
@@ -106,17 +111,17 @@ def _closed_form(act, k: torch.Tensor, same: torch.Tensor, rule=None):
     return out
 
 
-def _derivatives(fn, variables):
-    """Value, gradient and Hessian of an elementwise function of (P,) tensors, by autograd."""
+def _derivatives(fn, variables, hessians: bool = True):
+    """Value, gradient and Hessian (zero unless ``hessians``) of an elementwise function of (P,) tensors."""
     xs = [v.detach().clone().requires_grad_(True) for v in variables]
     zero = torch.zeros_like(xs[0])
     with torch.enable_grad():
         y = fn(*xs)
         if not y.requires_grad:
             return y.detach(), [zero] * len(xs), [[zero] * len(xs) for _ in xs]
-        grads = torch.autograd.grad(y.sum(), xs, create_graph=True, allow_unused=True)
-        hess = []
-        for g in grads:
+        grads = torch.autograd.grad(y.sum(), xs, create_graph=hessians, allow_unused=True)
+        hess = [] if hessians else [[zero] * len(xs) for _ in xs]
+        for g in grads if hessians else ():
             if g is None or not g.requires_grad:
                 hess.append([zero] * len(xs))
                 continue
@@ -236,20 +241,24 @@ class _PolarGrid:
         lo, half = edges[:, :-1, None], (edges[:, 1:, None] - edges[:, :-1, None]) / 2
         phi = (lo + half * (nodes + 1)).reshape(k.shape[0], -1)
         self.w = (half * weights).reshape(k.shape[0], -1) / two_pi
-        self.u = l11[:, None] * torch.cos(phi)
-        self.v = l21[:, None] * torch.cos(phi) + l22[:, None] * torch.sin(phi)
+        u = l11[:, None] * torch.cos(phi)
+        v = l21[:, None] * torch.cos(phi) + l22[:, None] * torch.sin(phi)
+        # sigma and sigma' at the nodes, once: every expectation is a product of these four
+        self._factors = {
+            (sample, order): self._factor(x, order) for sample, x in enumerate((u, v)) for order in (0, 1)
+        }
 
     def _factor(self, x, order):
         if order == 0:
             return torch.where(x < 0, self.a * x, self.b * x)
-        if order == 1:
-            return torch.where(x < 0, torch.full_like(x, self.a), torch.full_like(x, self.b))
-        raise NtkitError("internal: the ReLU family has no pointwise higher derivatives; use the closed forms")
+        return torch.where(x < 0, torch.full_like(x, self.a), torch.full_like(x, self.b))
 
     def expect(self, factors):
         product, degree = self.w, 0
         for sample, order in factors:
-            product = product * self._factor(self.u if sample == 0 else self.v, order)
+            if order > 1:
+                raise NtkitError("internal: the ReLU family has no pointwise higher derivatives; use the closed forms")
+            product = product * self._factors[(sample, order)]
             degree += order == 0
         radial = 2 ** (degree / 2) * math.gamma(1 + degree / 2)
         return product.sum(1) * radial
