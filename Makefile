@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-predict bench-empirical bench-cnn clean
+.PHONY: demo test bench bench-predict bench-empirical bench-cnn bench-finite-width example-cntk clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench-empirical: $(STAMP)
 
 bench-cnn: $(STAMP)
 	$(BIN)/python benchmarks/bench_cnn.py
+
+bench-finite-width: $(STAMP)
+	$(BIN)/python benchmarks/bench_finite_width.py
+
+example-cntk: $(STAMP)
+	$(BIN)/python examples/cntk_digits.py
 
 clean:
 	rm -rf $(VENV) .venv-nt build src/*.egg-info .pytest_cache
