@@ -98,8 +98,12 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
     """``evaluate`` with a chosen spatial layout for image inputs.
 
     A quarter of the memory budget goes to the blocks being computed, the rest to the result."""
-    size = _block_side(x1, layout, budget // 4) if block_size is None else int(block_size)
     n1, n2 = x1.shape[0], x2.shape[0]
+    size = _block_side(x1, layout, budget // 4) if block_size is None else int(block_size)
+    if block_size is None and same and x1.ndim > 2:
+        # Image pairs are costly: at least 4 blocks a side, so that mirroring saves most of the
+        # lower triangle (a diagonal block computes both of its halves).
+        size = min(size, -(-n1 // 4))
 
     single_output = True
 
