@@ -7,14 +7,17 @@ Everything the O(1/n) mean recursions need for a pair (a, b) is a 2-D Gaussian i
 * ``g_w = <sigma_i sigma_j>``, ``gp_w = <sigma'_i sigma'_j>`` for each slot w = (i, j), their
   Jacobians ``J[w, u] = dg_w/dK_u`` and Hessians ``H[w, u, v]``. The diagonal slots depend
   on their own variance only (total derivatives). Closed-form activations (ReLU family, erf)
-  differentiate their closed forms by autograd; smooth ones differentiate their quadrature
+  differentiate their closed forms by hand (``_relu_pairs``, ``_erf_pairs``; ``_closed_form``
+  does the same by autograd and is kept as a check); smooth ones differentiate their quadrature
   rule (nodes u = sqrt(K_aa) x_i, ...) by autograd, which needs sigma up to sigma''' only.
   (The same derivatives by Price's theorem, ``d/dK_ab <f(u) h(v)> = <f' h'>``,
   ``d/dK_aa <f(u) h(v)> = <f'' h> / 2``, need sigma^(5) and lose accuracy at large variance.)
 * ``expect(factors)``: any product of ``sigma^(k)`` at the two samples. For the ReLU family
-  (positively homogeneous, degree 1) it is exact up to round-off: polar coordinates,
-  ``E[r^d]`` times Gauss-Legendre on each arc between kinks (16 nodes: the integrand is a
-  trigonometric polynomial of degree <= 4 there). For smooth activations: the trapezoidal rule
+  (positively homogeneous, degree 1) it is exact up to round-off: the arc-cosine closed forms
+  of ``_relu_pairs`` for up to four factors sigma, else polar coordinates, ``E[r^d]`` times
+  Gauss-Legendre on each arc between kinks (16 nodes: the integrand is a trigonometric
+  polynomial of degree <= 4 there; :class:`_PolarGrid`). Erf: tilting and a 1-D correlation
+  integral (``_erf_pairs``, error < 1e-13), up to four factors. For smooth activations: the trapezoidal rule
   of :class:`~ntkit.Elementwise` in whitened coordinates (relative error < 1e-12 for tanh at
   variances <= 9 with 151 nodes, see its docstring; the same rule integrates the derivatives,
   which are analytic in the same strip), with more nodes as the variance grows.
@@ -31,6 +34,7 @@ from .._errors import NtkitError
 from ..layers.elementwise import DEFAULT_ORDER, Elementwise, _gaussian_rule
 from ..layers.erf import GELU, Erf
 from ..layers.rectified import ABReLU
+from . import _erf_pairs, _relu_pairs
 
 #: Correlations of distinct samples are clamped to +-(1 - _RHO_EPS) in the arc-cosine closed
 #: forms, whose derivatives diverge like 1/sin(theta) at |rho| = 1 (note, pitfall 14).
@@ -54,20 +58,46 @@ class PairGaussian:
 
     def __init__(self, act, k: torch.Tensor, same: torch.Tensor, hessians: bool = True):
         self.act, self.k, self.same = act, k, same
-        if isinstance(act, ABReLU):
-            self._grid = _PolarGrid(act, k)
-            rule = None
-        else:
-            order = act.order if isinstance(act, Elementwise) else DEFAULT_ORDER
-            # the trapezoid step must resolve sigma(s x) on the scale 1/s: nodes grow with the std s
-            largest = float(torch.sqrt(k[:, [0, 2]].max())) if k.numel() else 1.0
-            order = max(order, int(_NODES_PER_STD * largest) | 1)
-            self._grid = _TensorGrid(_smooth_fn(act), k, order)
-            rule = None if isinstance(act, Erf) else (self._grid.nodes, self._grid.weights)
-        self.g, self.jac, self.hess, self.gp, self.jacp, self.hessp = _closed_form(act, k, same, rule, hessians)
+        self._grid = None
+        if isinstance(act, (ABReLU, Erf)):  # closed forms, differentiated by hand (_relu_pairs, _erf_pairs)
+            pairs = k.T.contiguous()
+            if isinstance(act, ABReLU):
+                stats = _relu_pairs.kernel_derivatives(act.a, act.b, pairs, same)
+            else:
+                stats = _erf_pairs.kernel_derivatives(act, pairs, same)
+            self.g, self.jac, self.hess, self.gp, self.jacp, self.hessp = _dense(stats, hessians)
+            return
+        self._grid = self._make_grid()
+        self.g, self.jac, self.hess, self.gp, self.jacp, self.hessp = _closed_form(
+            self.act, k, same, (self._grid.nodes, self._grid.weights), hessians
+        )
+
+    def _make_grid(self):
+        if isinstance(self.act, ABReLU):
+            return _PolarGrid(self.act, self.k)
+        order = self.act.order if isinstance(self.act, Elementwise) else DEFAULT_ORDER
+        # the trapezoid step must resolve sigma(s x) on the scale 1/s: nodes grow with the std s
+        largest = float(torch.sqrt(self.k[:, [0, 2]].max())) if self.k.numel() else 1.0
+        return _TensorGrid(_smooth_fn(self.act), self.k, max(order, int(_NODES_PER_STD * largest) | 1))
 
     def expect(self, factors) -> torch.Tensor:
-        """``E[prod sigma^(order)(z_sample)]`` for ``factors = ((sample, order), ...)``: (P,)."""
+        """``E[prod sigma^(order)(z_sample)]`` for ``factors = ((sample, order), ...)``: (P,).
+
+        The ReLU family (an even number of factors sigma, at most four) and Erf (at most four
+        factors) in closed form (``_relu_pairs``, ``_erf_pairs``); anything else on the grid.
+        """
+        counts = [0, 0, 0, 0]  # p, q (sigma at a, b), r, t (sigma' at a, b)
+        for sample, order in factors:
+            if order > 1:
+                counts = None
+                break
+            counts[2 * order + sample] += 1
+        if counts is not None and isinstance(self.act, ABReLU) and counts[0] + counts[1] in (0, 2, 4):
+            return _relu_pairs.products(self.act.a, self.act.b, self.k.T.contiguous(), [tuple(counts)])[0]
+        if counts is not None and isinstance(self.act, Erf) and sum(counts) <= 4:
+            return _erf_pairs.products(self.act, self.k.T.contiguous(), [tuple(counts)])[0]
+        if self._grid is None:
+            self._grid = self._make_grid()
         return self._grid.expect(factors)
 
     def stein(self) -> torch.Tensor:
@@ -81,6 +111,22 @@ class PairGaussian:
             # <sigma_i sigma''_j> = 2 dg_ab/dK_jj; for identical samples <sigma sigma''> = dg - <sigma'^2>
             e1[:, i, j, j] = torch.where(self.same, self.jac[:, 0, 0] - self.gp[:, 1], 2 * self.jac[:, 1, 2 * j])
         return e1
+
+
+def _dense(stats: dict, hessians: bool):
+    """The pair-first (P, 3), (P, 3, 3), (P, 3, 3, 3) g, J, H, gp, Jp, Hp from the compact pair-last fields."""
+    out = []
+    for name in ("", "p"):
+        g = stats[f"g{name}"]
+        p = g.shape[1]
+        jac, hess = g.new_zeros(p, 3, 3), g.new_zeros(p, 3, 3, 3)
+        jac[:, 0, 0], jac[:, 2, 2] = stats[f"jac{name}_self"]
+        jac[:, 1] = stats[f"jac{name}_ab"].T
+        if hessians:
+            hess[:, 0, 0, 0], hess[:, 2, 2, 2] = stats[f"hess{name}_self"]
+            hess[:, 1] = stats[f"hess{name}_ab"].permute(2, 0, 1)
+        out += [g.T.contiguous(), jac, hess]
+    return out
 
 
 def _smooth_fn(act):
