@@ -24,11 +24,12 @@ from ntkit.finite_width import corrections, four_point, sample_kernels  # noqa: 
 from _readme import update_section  # noqa: E402
 
 SEED = 0
+W_STD, B_STD = 1.4, 0.1
 
 
 def mlp(activation, hidden: int, width: int = 256) -> nk.Layer:
-    layers = [m for _ in range(hidden) for m in (nk.Dense(width, 1.4, 0.1), activation())]
-    return nk.serial(*layers, nk.Dense(1, 1.4, 0.1))
+    layers = [m for _ in range(hidden) for m in (nk.Dense(width, W_STD, B_STD), activation())]
+    return nk.serial(*layers, nk.Dense(1, W_STD, B_STD))
 
 
 def best_of(fn, repeats: int) -> float:
@@ -77,11 +78,11 @@ def dense_forward_grams(net_width: int, hidden: int, x: torch.Tensor, networks: 
     post = x.T.expand(networks, d, count)
     fan_in = d
     for _ in range(hidden):
-        w = torch.randn(networks, n, fan_in, generator=g, dtype=torch.float64) * (1.4 / math.sqrt(fan_in))
-        b = torch.randn(networks, n, 1, generator=g, dtype=torch.float64) * 0.1
+        w = torch.randn(networks, n, fan_in, generator=g, dtype=torch.float64) * (W_STD / math.sqrt(fan_in))
+        b = torch.randn(networks, n, 1, generator=g, dtype=torch.float64) * B_STD
         post = torch.relu(w @ post + b)
         fan_in = n
-    return 0.01 + (1.96 / n) * post.transpose(1, 2) @ post
+    return B_STD**2 + (W_STD**2 / n) * post.transpose(1, 2) @ post
 
 
 def sampler_rows(quick: bool):

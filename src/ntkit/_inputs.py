@@ -154,61 +154,55 @@ def input_kernel(
         return _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins)
     features = x1.shape[1]
     nngp = torch.mm(x1, x2.T).div_(features)
-    var1 = torch.linalg.vector_norm(x1, dim=1).square_().div_(features)
+
+    def variances(x):
+        return torch.linalg.vector_norm(x, dim=1).square_().div_(features)
+
+    return _input_kernel(nngp, variances, x1, x2, same_inputs, with_ntk, twins, "full")
+
+
+def _input_kernel(nngp, variances, x1, x2, same_inputs, with_ntk, twins, spatial_layout) -> Kernel:
+    """The Kernel of the inputs from their cross products ``nngp`` (N1, N2, ...) and
+    ``variances(x)`` (N, ...): exact self-products for same inputs, exactly +-variance for twins."""
+    var1 = variances(x1)
     if same_inputs:
         var2 = var1
-        nngp.diagonal().copy_(var1)  # the exact self-products, whatever the matmul's rounding
+        index = torch.arange(x1.shape[0], device=x1.device)
+        nngp[index, index] = var1  # the exact self-products, whatever the matmul's rounding
     else:
-        var2 = torch.linalg.vector_norm(x2, dim=1).square_().div_(features)
+        var2 = variances(x2)
     if twins is not None:
+        trailing = (1,) * (nngp.ndim - 2)
         pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
-        signed = (twins.sign1[:, None] * twins.sign2[None, :]) * var1[:, None]
-        nngp = torch.where(pairs, signed, nngp)
+        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(*pairs.shape, *trailing) * var1[:, None]
+        nngp = torch.where(pairs.reshape(*pairs.shape, *trailing), signed, nngp)
     return Kernel(
         nngp=nngp,
         ntk=torch.zeros_like(nngp) if with_ntk else None,
         var1=var1,
         var2=var2,
-        feature_shape=(features,),
+        feature_shape=tuple(x1.shape[1:]),
         same_inputs=same_inputs,
         is_gaussian=False,
+        spatial_layout=spatial_layout,
     )
 
 
 def _spatial_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
     """``input_kernel`` for ``(N, C, *S)`` inputs: the ``(N1, N2, *S, *S)`` layout."""
     (n1, channels), spatial = x1.shape[:2], tuple(x1.shape[2:])
-    n2, positions, ns = x2.shape[0], math.prod(spatial), len(spatial)
+    n2, positions = x2.shape[0], math.prod(spatial)
     flat1, flat2 = x1.reshape(n1, channels, positions), x2.reshape(n2, channels, positions)
     rows = flat1.transpose(1, 2).reshape(n1 * positions, channels)
     cols = flat2.transpose(1, 2).reshape(n2 * positions, channels)
     nngp = torch.mm(rows, cols.T).div_(channels).reshape(n1, positions, n2, positions).transpose(1, 2)
     nngp = nngp.reshape(n1, n2, *spatial, *spatial).contiguous()
 
-    def self_covariance(flat):
-        return torch.bmm(flat.transpose(1, 2), flat).div_(channels).reshape(flat.shape[0], *spatial, *spatial)
+    def self_covariance(x):
+        flat = x.reshape(x.shape[0], channels, positions)
+        return torch.bmm(flat.transpose(1, 2), flat).div_(channels).reshape(x.shape[0], *spatial, *spatial)
 
-    var1 = self_covariance(flat1)
-    if same_inputs:
-        var2 = var1
-        index = torch.arange(n1, device=x1.device)
-        nngp[index, index] = var1  # the exact self-products, whatever the matmul's rounding
-    else:
-        var2 = self_covariance(flat2)
-    if twins is not None:
-        trailing = (1,) * (2 * ns)
-        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
-        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(n1, n2, *trailing) * var1[:, None]
-        nngp = torch.where(pairs.reshape(n1, n2, *trailing), signed, nngp)
-    return Kernel(
-        nngp=nngp,
-        ntk=torch.zeros_like(nngp) if with_ntk else None,
-        var1=var1,
-        var2=var2,
-        feature_shape=(channels, *spatial),
-        same_inputs=same_inputs,
-        is_gaussian=False,
-    )
+    return _input_kernel(nngp, self_covariance, x1, x2, same_inputs, with_ntk, twins, "full")
 
 
 def _diagonal_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
@@ -220,25 +214,8 @@ def _diagonal_input_kernel(x1, x2, same_inputs, with_ntk, twins) -> Kernel:
     by_position2 = x2.reshape(n2, channels, positions).permute(2, 1, 0)  # (P, C, N2)
     nngp = torch.bmm(by_position1, by_position2).div_(channels).permute(1, 2, 0)
     nngp = nngp.reshape(n1, n2, *spatial).contiguous()
-    var1 = x1.square().sum(1).div_(channels)
-    if same_inputs:
-        var2 = var1
-        index = torch.arange(n1, device=x1.device)
-        nngp[index, index] = var1  # the exact self-products, whatever the matmul's rounding
-    else:
-        var2 = x2.square().sum(1).div_(channels)
-    if twins is not None:
-        trailing = (1,) * len(spatial)
-        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
-        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(n1, n2, *trailing) * var1[:, None]
-        nngp = torch.where(pairs.reshape(n1, n2, *trailing), signed, nngp)
-    return Kernel(
-        nngp=nngp,
-        ntk=torch.zeros_like(nngp) if with_ntk else None,
-        var1=var1,
-        var2=var2,
-        feature_shape=(channels, *spatial),
-        same_inputs=same_inputs,
-        is_gaussian=False,
-        spatial_layout="diagonal",
-    )
+
+    def variances(x):
+        return x.square().sum(1).div_(channels)
+
+    return _input_kernel(nngp, variances, x1, x2, same_inputs, with_ntk, twins, "diagonal")

@@ -105,26 +105,23 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
         # lower triangle (a diagonal block computes both of its halves).
         size = min(size, -(-n1 // 4))
 
-    single_output = True
-
-    def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> list[Kernel]:
-        nonlocal single_output
+    def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> tuple[list[Kernel], bool]:
+        """The network's output Kernels on one block, as a list, and whether it has one output."""
         block_twins = None if twins is None else twins.block(rows, cols)
         k_out = layer._located_kernel_map(input_kernel(x1[rows], x2[cols], on_diagonal, with_ntk, block_twins, layout))
-        single_output = isinstance(k_out, Kernel)
-        parts = [k_out] if single_output else list(k_out)
+        parts = [k_out] if isinstance(k_out, Kernel) else list(k_out)
         if any(part.diagonal and part.spatial_ndim for part in parts):
             raise _EndsOnImages
-        return parts
+        return parts, isinstance(k_out, Kernel)
 
     if n1 <= size and n2 <= size:  # one block: no copies
-        parts = kernel_map(slice(0, n1), slice(0, n2), same)
+        parts, single_output = kernel_map(slice(0, n1), slice(0, n2), same)
         kernels = [_mirrored(part) for part in parts] if same else parts
     else:
         blocks = list(_blocks(n1, n2, size, same))
         results: list[dict] = []
         for rows, cols, diagonal in tqdm(blocks, desc="kernel blocks", disable=_quiet(progress, len(blocks))):
-            parts = kernel_map(rows, cols, diagonal)
+            parts, single_output = kernel_map(rows, cols, diagonal)
             if not results:
                 _check_result(parts, n1, n2, budget - budget // 4)
                 results = [_allocate(p, n1, n2, same) for p in parts]

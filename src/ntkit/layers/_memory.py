@@ -14,7 +14,7 @@ from .._errors import NtkitError
 #: two, and temporaries such as correlations and angles); measured peaks stay below it.
 LIVE_BLOCK_TENSORS = 10
 
-_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def available_memory(device: torch.device) -> int:
@@ -40,8 +40,7 @@ def memory_budget(value, device: torch.device) -> int:
         match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?B?)\s*", value.upper())
         if match is None:
             raise NtkitError(f"memory_budget must be bytes or a string such as '4GB', got {value!r}")
-        unit = match.group(2) if match.group(2).endswith("B") or not match.group(2) else match.group(2) + "B"
-        value = float(match.group(1)) * _UNITS[unit]
+        value = float(match.group(1)) * _UNITS[match.group(2).rstrip("B")]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
         raise NtkitError(f"memory_budget must be a positive number of bytes, got {value!r}")
     return int(value)

@@ -183,6 +183,20 @@ def set_self(nngp: torch.Tensor, var: torch.Tensor) -> None:
     nngp[index, index] = var
 
 
+def linear_map(k, fn, **changes):
+    """The Kernel after a parameter-free linear map of the positions (pooling, Flatten).
+
+    ``fn(t, first)`` maps one statistic whose position axes start at axis ``first`` (2 for
+    ``nngp`` and ``ntk``, 1 for the self-covariances); the same map serves all four, and the
+    self-pairs of a same-inputs block stay exactly the variances."""
+    var1, var2 = k.map_variances(lambda v: fn(v, 1))
+    nngp = fn(k.nngp, 2)
+    if k.same_inputs:
+        set_self(nngp, var1)
+    ntk = None if k.ntk is None else fn(k.ntk, 2)
+    return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, **changes)
+
+
 def nhwc_hint(feature_shape: tuple[int, ...]) -> str:
     """A hint when ``(C, *S)`` looks like channels-last data: a short last axis, many "channels"."""
     if len(feature_shape) >= 2 and feature_shape[-1] in (1, 3, 4) and feature_shape[0] > feature_shape[-1]:

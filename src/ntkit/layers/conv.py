@@ -15,7 +15,7 @@ from ._base import Kernels, Layer, single
 from ._spatial import (
     as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self, window_sum,
 )
-from .dense import affine_kernels, check_parameterization, check_std
+from .dense import affine_kernels, check_parameterization, check_std, draw_parameters, scaled_parameters
 
 _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
@@ -152,13 +152,7 @@ class Conv(LazyModuleMixin, Layer):
 
     def reset_parameters(self) -> None:
         """Draw the parameters from the initialization of the chosen parameterization."""
-        if self.has_uninitialized_params():
-            return
-        ntk = self.parameterization == "ntk"
-        with torch.no_grad():
-            self.weight.normal_(0.0, 1.0 if ntk else self.W_std / math.sqrt(self.fan_in))
-            if self.bias is not None:
-                self.bias.normal_(0.0, 1.0 if ntk else self.b_std)
+        draw_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         geom = self._check_features(tuple(x.shape[1:]))
@@ -169,11 +163,7 @@ class Conv(LazyModuleMixin, Layer):
             )
         for d, (_, lo, hi) in enumerate(geom):
             x = pad_axis(x, 2 + d, lo, hi, self.padding)
-        if self.parameterization == "ntk":
-            weight = self.weight * (self.W_std / math.sqrt(self.fan_in))
-            bias = None if self.bias is None else self.bias * self.b_std
-        else:
-            weight, bias = self.weight, self.bias
+        weight, bias = scaled_parameters(self)
         return _CONVOLUTIONS[len(self.filter_shape)](x, weight, bias, stride=self.strides)
 
     # -- kernel face -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ..kernel import Kernel
 from ._base import Kernels, single
 from ._spatial import nhwc_hint, pad_axis, set_self, window_sum
 from .conv import Conv
-from .dense import affine_kernels
+from .dense import affine_kernels, scaled_parameters
 
 
 def _position_diagonal(t: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -146,11 +146,7 @@ class ConvLocal(Conv):
             k, s, axis = self.filter_shape[d], self.strides[d], 2 + 2 * d
             index = (torch.arange(out[d], device=x.device)[:, None] * s + torch.arange(k, device=x.device)).flatten()
             x = x.index_select(axis, index).unflatten(axis, (out[d], k))  # (index_select batches under jacrev)
-        if self.parameterization == "ntk":
-            weight = self.weight * (self.W_std / math.sqrt(self.fan_in))
-            bias = None if self.bias is None else self.bias * self.b_std
-        else:
-            weight, bias = self.weight, self.bias
+        weight, bias = scaled_parameters(self)
         # weight (out, C k_1 .. k_n, positions), ordered as torch.nn.functional.unfold's patches
         weight = weight.reshape(self.out_channels, self.in_channels, *self.filter_shape, *out)
         positions, taps = "pq"[:n], "ij"[:n]

@@ -30,6 +30,28 @@ def check_std(value, argument: str, layer: str, allow_none: bool) -> float | Non
     return float(value)
 
 
+def draw_parameters(layer) -> None:
+    """Draw ``layer.weight`` and ``layer.bias`` (Dense, Conv, ConvLocal) from the initialization of
+    its parameterization: N(0, 1) for "ntk", N(0, W_std^2 / fan_in) and N(0, b_std^2) for
+    "standard". Lazy parameters not yet materialized are left alone."""
+    if layer.has_uninitialized_params():
+        return
+    ntk = layer.parameterization == "ntk"
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 1.0 if ntk else layer.W_std / math.sqrt(layer.fan_in))
+        if layer.bias is not None:
+            layer.bias.normal_(0.0, 1.0 if ntk else layer.b_std)
+
+
+def scaled_parameters(layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` as the forward pass uses them: for "ntk" the N(0, 1) parameters times
+    ``W_std / sqrt(fan_in)`` and ``b_std`` (Jacot et al. 2018, eq. 1); for "standard" as stored."""
+    if layer.parameterization != "ntk":
+        return layer.weight, layer.bias
+    bias = None if layer.bias is None else layer.bias * layer.b_std
+    return layer.weight * (layer.W_std / math.sqrt(layer.fan_in)), bias
+
+
 def affine_kernels(
     nngp: torch.Tensor, ntk: torch.Tensor | None, W_std: float, b_std: float | None, parameterization: str,
     fan_in: int,
@@ -141,28 +163,21 @@ class Dense(LazyModuleMixin, Layer):
                     self.bias.data = self.bias.data.to(dtype=x.dtype, device=x.device)
             self.reset_parameters()
 
+    @property
+    def fan_in(self) -> int:
+        return self.in_features
+
     def reset_parameters(self) -> None:
         """Draw the parameters from the initialization of the chosen parameterization."""
-        if self.has_uninitialized_params():
-            return
-        ntk = self.parameterization == "ntk"
-        with torch.no_grad():
-            self.weight.normal_(0.0, 1.0 if ntk else self.W_std / math.sqrt(self.in_features))
-            if self.bias is not None:
-                self.bias.normal_(0.0, 1.0 if ntk else self.b_std)
+        draw_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or x.shape[1] != self.in_features:
             raise NtkitError(
                 f"input has shape {tuple(x.shape)}; expected (N, {self.in_features}, ...)"
             )
-        channels_last = x.movedim(1, -1)
-        if self.parameterization == "ntk":
-            weight = self.weight * (self.W_std / math.sqrt(self.in_features))
-            bias = None if self.bias is None else self.bias * self.b_std
-        else:
-            weight, bias = self.weight, self.bias
-        return nn.functional.linear(channels_last, weight, bias).movedim(-1, 1)
+        weight, bias = scaled_parameters(self)
+        return nn.functional.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
 
     # -- kernel face -------------------------------------------------------------------------
 

@@ -153,22 +153,16 @@ class LayerNorm(Layer):
         batches keep exactly equal statistics, and ``v / sqrt(v v) = 1`` exactly on the
         per-position diagonal for ``eps = 0``."""
         n = k.spatial_ndim
-        spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
         w1 = self._normalisers(k.var1, n, spatial_axes, "x1")
         w2 = w1 if k.same_inputs else self._normalisers(k.var2, n, spatial_axes, "x2")
+        # the other position's axes; none in the diagonal layout, where a pair shares its position
+        other = () if k.diagonal else (1,) * n
 
-        if k.diagonal:  # equal positions only: every pair (p, p) is on the per-position diagonal
-            def first(w):
-                return w
+        def first(w):  # w (N, *S) at the first position of a pair
+            return w.reshape(*w.shape, *other)
 
-            def second(w):
-                return w
-        else:
-            def first(w):  # w at the first position of a pair
-                return w.reshape(w.shape[0], *spatial, *ones)
-
-            def second(w):  # w at the second position of a pair
-                return w.reshape(w.shape[0], *ones, *spatial)
+        def second(w):  # w at the second position of a pair
+            return w.reshape(w.shape[0], *other, *w.shape[1:])
 
         denominator = (first(w1)[:, None] * second(w2)[None, :]).sqrt_()
         var1 = k.var1 / (first(w1) * second(w1)).sqrt_()

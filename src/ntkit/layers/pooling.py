@@ -9,7 +9,7 @@ import torch
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
-from ._spatial import as_tuple, check_padding, geometry, nhwc_hint, set_self, window_sum
+from ._spatial import as_tuple, check_padding, geometry, linear_map, nhwc_hint, window_sum
 
 
 def _require_spatial(k: Kernel, layer: str, n: int | None = None) -> int:
@@ -99,17 +99,7 @@ class _WindowPool(Layer):
                 return t.mul_(scale2)
             return self._scaled(self._scaled(t, offset, scales), offset + n, scales)
 
-        var1, var2 = k.map_variances(lambda v: pool(v, 1))
-        nngp = pool(k.nngp, 2)
-        if k.same_inputs:
-            set_self(nngp, var1)
-        return k.replace(
-            nngp=nngp,
-            ntk=None if k.ntk is None else pool(k.ntk, 2),
-            var1=var1,
-            var2=var2,
-            feature_shape=(k.feature_shape[0],) + tuple(g[0] for g in geom),
-        )
+        return linear_map(k, pool, feature_shape=(k.feature_shape[0],) + tuple(g[0] for g in geom))
 
     def extra_repr(self) -> str:
         return f"window_shape={self.window_shape}, strides={self.strides}, padding={self.padding!r}"
@@ -204,17 +194,7 @@ class _GlobalPool(Layer):
         def pool(t: torch.Tensor, offset: int) -> torch.Tensor:
             return t.flatten(offset).sum(-1).mul_(scale2)
 
-        var1, var2 = k.map_variances(lambda v: pool(v, 1))
-        nngp = pool(k.nngp, 2)
-        if k.same_inputs:
-            set_self(nngp, var1)
-        return k.replace(
-            nngp=nngp,
-            ntk=None if k.ntk is None else pool(k.ntk, 2),
-            var1=var1,
-            var2=var2,
-            feature_shape=(k.feature_shape[0],),
-        )
+        return linear_map(k, pool, feature_shape=(k.feature_shape[0],))
 
 
 class GlobalAvgPool(_GlobalPool):

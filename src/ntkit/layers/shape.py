@@ -8,7 +8,7 @@ import torch
 
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
-from ._spatial import set_self
+from ._spatial import linear_map
 
 
 class Identity(Layer):
@@ -57,15 +57,9 @@ class Flatten(Layer):
             flat = t.reshape(*t.shape[:leading], positions, positions)
             return flat.diagonal(dim1=-2, dim2=-1).sum(-1).div_(positions)
 
-        var1, var2 = k.map_variances(lambda v: trace(v, 1))
-        nngp = trace(k.nngp, 2)
-        if k.same_inputs:
-            set_self(nngp, var1)
-        return k.replace(
-            nngp=nngp,
-            ntk=None if k.ntk is None else trace(k.ntk, 2),
-            var1=var1,
-            var2=var2,
+        return linear_map(
+            k,
+            trace,
             feature_shape=(k.feature_shape[0] * positions,),
             is_gaussian=k.is_gaussian and positions == 1,
             spatial_layout="full",
