@@ -65,21 +65,22 @@ def render(rows, repeats, peer_note):
     return "\n".join(lines)
 
 
-#: Operations per kernel entry of Myrtle-5 at 32x32, counted from the kernel maps.
+#: Operations and memory traffic per kernel entry of Myrtle-5 at 32x32, counted from the kernel maps.
 ARITHMETIC_LIMIT = (
-    "How far from the arithmetic limit (32x32, per entry = per pair of images): the two 32x32 "
-    "Conv+ReLU layers each hold (32*32)^2 = 1.05M covariances, the 16x16 and 8x8 ones 66k and 4k: "
-    "2.17M covariance entries pass through a Conv+ReLU, for both the NNGP and the NTK. Per entry "
-    "and layer a 3x3 convolution's window sums are 4 adds (separable, 2 taps per axis beyond the "
-    "first) for each of NNGP and NTK, the affine map 3 flops, and the ReLU dual about 12 flops, "
-    "one arccos and two square roots: about 23 flops + 1 arccos + 2 sqrt, so about 50 MFLOP, "
-    "2.2M arccos and 4.3M sqrt per entry (plus 3.1M multiply-adds for the input covariance). "
-    "Fully fused and vectorised that is a few ms per entry on these 2 cores; the eager "
-    "evaluation moves every covariance through memory about 30 times per layer "
-    "(~0.5 GB per entry), which bounds it at tens of ms. ntkit's 32x32 float64 time is within "
-    "about 2x of that memory bound; reaching 10x neural-tangents (about 19 ms per entry) needs "
-    "fused kernel maps (one pass per layer), which ntkit does not have yet on the CPU. On a GPU "
-    "(see Results: GPU) the same eager code takes 0.53 ms per entry."
+    "How far from the limits (32x32, per entry = per pair of images): the two 32x32 Conv+ReLU "
+    "layers each hold (32*32)^2 = 1.05M covariances, the 16x16 and 8x8 ones 66k and 4k: 2.17M "
+    "covariance entries pass through a Conv+ReLU, for both the NNGP and the NTK (and, with N = 2, "
+    "each image's own covariances add half as many again). Per entry and layer a 3x3 "
+    "convolution's window sum is 8 adds for each of NNGP and NTK, the affine map 4 flops, the "
+    "ReLU dual about 12 flops, one arccos, a division and two square roots: about 70 MFLOP, 2.2M "
+    "arccos and 4.3M sqrt per entry, a few ms on these 2 cores. On the CPU ntkit runs each Conv "
+    "and each ReLU as one compiled pass (Numba, `ntkit._compiled`) that reads the NNGP and NTK "
+    "once and writes them once: 64 B per covariance and layer, about 0.2 GB per entry, which at "
+    "the 5-10 GB/s one core streams here is 20-40 ms per entry; the torch form made about 30 "
+    "passes per layer. So ntkit is now within about 2-3x of the one-pass-per-layer memory bound, "
+    "and 10x neural-tangents (about 17 ms per entry) needs layers fused over cache-sized tiles of "
+    "the covariance (the 3x3 stencil needs a halo per layer), which ntkit does not do yet. On a "
+    "GPU (see Results: GPU) the torch form takes 0.53 ms per entry."
 )
 
 

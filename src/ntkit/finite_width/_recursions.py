@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _compiled
+from ..layers.rectified import ABReLU
 from ._architecture import MLPSpec
 from ._expectations import PairGaussian
 from ._pair_moments import PairMoments, from_gaussian, pair_moments
@@ -47,7 +49,21 @@ def pair_statistics(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
 
 def propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
     """:func:`pair_statistics` in the pair-last layout: ``K, T, K1, T1`` (3, P), ``V, D`` (3, 3, P),
-    ``F`` (2, 2, 2, 2, P); ``q`` is (P, 3) as there."""
+    ``F`` (2, 2, 2, 2, P); ``q`` is (P, 3) as there.
+
+    ReLU-family networks on float64 CPU tensors take the compiled loop of ``_compiled_pairs``
+    when Numba is available (:func:`ntkit._compiled.enabled`); everything else, and the
+    reference for it, is :func:`torch_propagate`.
+    """
+    if q.dtype == torch.float64 and _compiled.enabled(q) and all(isinstance(act, ABReLU) for act in spec.activations):
+        from . import _compiled_pairs
+
+        return _compiled_pairs.propagate(spec, q, same)
+    return torch_propagate(spec, q, same)
+
+
+def torch_propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
+    """:func:`propagate` as whole-batch torch operations (any activation, any device)."""
     p, k = q.shape[0], q.T.contiguous()
     state = {
         "K": spec.c_b[0] + spec.c_w[0] * k, "T": spec.lambda_b[0] + spec.lambda_w[0] * k,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import cached_property
 
@@ -41,25 +42,36 @@ class GaussianPair:
         self_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.cov, self.var1, self.var2, self.self_pairs, self.self_view = cov, var1, var2, self_pairs, self_view
+        #: The same pairs as rows, for compiled duals (``ntkit._compiled.relu``): ``(cov, var1,
+        #: var2, mode, exact)`` with ``cov`` (B1, B2, P, Q) and variances (B, P), (B, Q); or None.
+        self.rows = None
 
     @classmethod
     def of_kernel(cls, k: Kernel) -> "GaussianPair":
         """All pairs (i, j) of a Kernel's two batches (and, for images, all pairs (p, p'))."""
         n = k.spatial_ndim
+        n1, n2 = k.nngp.shape[:2]
         if n == 0:
             var1, var2 = k.var1[:, None], k.var2[None, :]
+            rows = (k.nngp.reshape(n1, 1, 1, n2), k.var1.reshape(n1, 1), k.var2.reshape(1, n2), "vector")
         elif k.diagonal:  # equal positions only: cov (N1, N2, *S), variances (N, *S)
             var1, var2 = k.var1.unsqueeze(1), k.var2.unsqueeze(0)
+            rows = (k.nngp.reshape(n1, n2, 1, -1), k.var1.reshape(n1, -1), k.var2.reshape(n2, -1), "diagonal")
         else:
             spatial, ones = tuple(k.feature_shape[1:]), (1,) * n
             d1 = self_diagonal(k.var1, n)
             d2 = d1 if k.same_inputs else self_diagonal(k.var2, n)
             var1 = d1.reshape(d1.shape[0], 1, *spatial, *ones)
             var2 = d2.reshape(1, d2.shape[0], *ones, *spatial)
+            positions = math.prod(spatial)
+            rows = (k.nngp.reshape(n1, n2, positions, positions), d1.reshape(n1, -1), d2.reshape(n2, -1), "cross")
         if not k.same_inputs:
-            return cls(k.nngp, var1, var2, "none")
-        paired = 0 if k.diagonal else n  # (i, i) pairs, and (p, p) pairs in the full layout
-        return cls(k.nngp, var1, var2, "view", lambda t: paired_diagonal(t.diagonal(0, 0, 1), 0, paired))
+            pair = cls(k.nngp, var1, var2, "none")
+        else:
+            paired = 0 if k.diagonal else n  # (i, i) pairs, and (p, p) pairs in the full layout
+            pair = cls(k.nngp, var1, var2, "view", lambda t: paired_diagonal(t.diagonal(0, 0, 1), 0, paired))
+        pair.rows = (*rows, k.same_inputs)
+        return pair
 
     @classmethod
     def of_variance(cls, var: torch.Tensor, spatial_ndim: int = 0) -> "GaussianPair":
@@ -72,7 +84,11 @@ class GaussianPair:
         diagonal = self_diagonal(var, spatial_ndim)
         var1 = diagonal.reshape(var.shape[0], *spatial, *ones)
         var2 = diagonal.reshape(var.shape[0], *ones, *spatial)
-        return cls(var, var1, var2, "view", lambda t: paired_diagonal(t, 1, spatial_ndim))
+        pair = cls(var, var1, var2, "view", lambda t: paired_diagonal(t, 1, spatial_ndim))
+        n, positions = var.shape[0], math.prod(spatial)
+        flat = diagonal.reshape(n, positions)
+        pair.rows = (var.reshape(n, 1, positions, positions), flat, flat, "self", True)
+        return pair
 
     @cached_property
     def std1(self) -> torch.Tensor:

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from .. import _compiled
+
 from .._errors import NtkitError
 
 PADDINGS = ("valid", "same", "circular")
@@ -78,7 +80,7 @@ def pad_axis(t: torch.Tensor, axis: int, lo: int, hi: int, padding: str) -> torc
     return padded
 
 
-def _taps(size: int, window: int, stride: int, geom: tuple[int, int, int]):
+def filter_taps(size: int, window: int, stride: int, geom: tuple[int, int, int]):
     """For each filter tap j: ``(source, target)`` slices with :math:`y[q] \\mathrel{+}= t[s q + j - lo]`.
 
     With zero padding, only the outputs q whose input position lies inside the image receive
@@ -104,13 +106,18 @@ def _prepared(t: torch.Tensor, axes, geom, padding: str):
     return t, (out, 0, 0)
 
 
-def _summed(t: torch.Tensor, axes, out: int, taps) -> torch.Tensor:
+def _summed(t: torch.Tensor, axes, out: int, taps, compiled: bool) -> torch.Tensor:
     """:math:`\\sum_j t[\\text{source}_j]` written into ``target_j`` along ``axes`` (one axis, or two
     paired ones that take the same slices). A tap that covers every output (the centre tap of a
     "same" window, any tap of a "valid" one) starts the sum as a copy; otherwise it starts
-    from zeros. One pass fewer than adding every tap into zeros."""
+    from zeros. One pass fewer than adding every tap into zeros.
+
+    With ``compiled`` (kernel maps only: the finite face needs autograd) and a CPU tensor, the
+    same sums in the same order in one compiled pass (``ntkit._compiled.window``)."""
     taps = list(taps)
     covering = next((i for i, (_, target) in enumerate(taps) if target == slice(0, out)), None)
+    if compiled and _compiled.enabled(t):
+        return _compiled.window_sum(t, axes, out, taps, -1 if covering is None else covering)
     index = [slice(None)] * t.ndim
 
     def at(slices):
@@ -130,20 +137,24 @@ def _summed(t: torch.Tensor, axes, out: int, taps) -> torch.Tensor:
     return total
 
 
-def window_sum(t: torch.Tensor, axis: int, window: int, stride: int, geom: tuple[int, int, int], padding: str):
-    """:math:`y[q] = \\sum_{j < w} t_{pad}[s q + j]` along one axis (pooling, finite or kernel)."""
+def window_sum(
+    t: torch.Tensor, axis: int, window: int, stride: int, geom: tuple[int, int, int], padding: str,
+    compiled: bool = False,
+):
+    """:math:`y[q] = \\sum_{j < w} t_{pad}[s q + j]` along one axis (pooling, finite or kernel;
+    ``compiled`` only for kernel maps, see ``_summed``)."""
     t, geom = _prepared(t, (axis,), geom, padding)
-    return _summed(t, (axis,), geom[0], _taps(t.shape[axis], window, stride, geom))
+    return _summed(t, (axis,), geom[0], filter_taps(t.shape[axis], window, stride, geom), compiled)
 
 
-def diagonal_window_sum(t, axes: tuple[int, int], window: int, stride: int, geom, padding: str):
+def diagonal_window_sum(t, axes: tuple[int, int], window: int, stride: int, geom, padding: str, compiled: bool = False):
     """:math:`y[q, q'] = \\sum_{j < w} t_{pad}[s q + j,\\, s q' + j]` along two paired axes.
 
     The kernel of a convolution: both positions see the same filter tap j (Novak et al. 2019,
     eq. 8; Arora et al. 2019, eq. 7), so only shifts along the diagonal are summed.
     """
     t, geom = _prepared(t, axes, geom, padding)
-    return _summed(t, axes, geom[0], _taps(t.shape[axes[0]], window, stride, geom))
+    return _summed(t, axes, geom[0], filter_taps(t.shape[axes[0]], window, stride, geom), compiled)
 
 
 def self_diagonal(var: torch.Tensor, n: int) -> torch.Tensor:

@@ -43,23 +43,31 @@ class Activation(Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, self.name)
         require_gaussian(k, self.name)
-        nngp, derivative = self.dual(GaussianPair.of_kernel(k), derivative=k.ntk is not None)
+        nngp, ntk = self.duals(GaussianPair.of_kernel(k), k.ntk)
         n = 0 if k.diagonal else k.spatial_ndim  # diagonal layout: variances only, as vectors
         var1, var2 = k.map_variances(self._variance if n == 0 else lambda v: self._covariance(v, n))
         if k.same_inputs:  # keep the diagonal exactly the variances, as every layer does
             set_self(nngp, var1)
         return k.replace(
             nngp=nngp,
-            ntk=None if k.ntk is None else k.ntk * derivative,
+            ntk=ntk,
             var1=var1,
             var2=var2,
             is_gaussian=False,
         )
 
+    def duals(self, pair: GaussianPair, ntk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map of one block: :math:`K' = \\mathbb{E}[\\phi(u)\\phi(v)]` and
+        :math:`\\Theta' = \\Theta\\, \\mathbb{E}[\\phi'(u)\\phi'(v)]` (None without ``ntk``), from ``dual``.
+
+        A subclass may compute both in one compiled pass (see :class:`ABReLU`)."""
+        nngp, derivative = self.dual(pair, derivative=ntk is not None)
+        return nngp, None if ntk is None else ntk * derivative
+
     def _variance(self, var: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb{E}[\\phi(u)^2]` for :math:`u \\sim \\mathcal N(0, \\text{var})`."""
-        return self.dual(GaussianPair.of_variance(var), derivative=False)[0]
+        return self.duals(GaussianPair.of_variance(var), None)[0]
 
     def _covariance(self, var: torch.Tensor, spatial_ndim: int) -> torch.Tensor:
         """The self-covariances ``(N, *S, *S)`` of the outputs between positions of an image."""
-        return self.dual(GaussianPair.of_variance(var, spatial_ndim), derivative=False)[0]
+        return self.duals(GaussianPair.of_variance(var, spatial_ndim), None)[0]

@@ -9,15 +9,17 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from .. import _compiled
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import (
-    as_tuple, check_padding, diagonal_window_sum, geometry, nhwc_hint, pad_axis, set_self, window_sum,
+    as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, pad_axis, set_self, window_sum,
 )
 from .dense import affine_kernels, check_parameterization, check_std, draw_parameters, scaled_parameters
 
 _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
+
 
 
 class Conv(LazyModuleMixin, Layer):
@@ -174,24 +176,30 @@ class Conv(LazyModuleMixin, Layer):
         n = len(self.filter_shape)
         window = math.prod(self.filter_shape)
 
-        def average(t: torch.Tensor, offset: int) -> torch.Tensor:
-            """:math:`\\mathcal A t` for a tensor whose first spatial axis is ``offset``.
+        def summed(t: torch.Tensor, offset: int) -> torch.Tensor:
+            """:math:`|w| \\mathcal A t`, the window sum, for a tensor whose first spatial axis is
+            ``offset`` (``affine_kernels`` divides by the window size |w|).
 
             In the diagonal layout the paired axes are one axis, and the shifts along the
             diagonal are plain window sums."""
             for d in range(n):
                 if k.diagonal:
-                    t = window_sum(t, offset + d, self.filter_shape[d], self.strides[d], geom[d], self.padding)
+                    t = window_sum(t, offset + d, self.filter_shape[d], self.strides[d], geom[d], self.padding, compiled=True)
                 else:
                     axes = (offset + d, offset + n + d)
-                    t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding)
-            return t.div_(window)
+                    t = diagonal_window_sum(t, axes, self.filter_shape[d], self.strides[d], geom[d], self.padding, compiled=True)
+            return t
 
-        nngp, ntk = affine_kernels(
-            average(k.nngp, 2), None if k.ntk is None else average(k.ntk, 2), self.W_std, self.b_std,
-            self.parameterization, k.feature_shape[0] * window,
-        )
-        var1, var2 = k.map_variances(lambda v: self._affine(average(v, 1)))
+        fan_in = k.feature_shape[0] * window
+        if self._fused(k):
+            nngp, ntk = self._fused_map(k.nngp, k.ntk, geom, fan_in)
+            var1, var2 = k.map_variances(lambda v: self._fused_map(v, None, geom, fan_in)[0])
+        else:
+            nngp, ntk = affine_kernels(
+                summed(k.nngp, 2), None if k.ntk is None else summed(k.ntk, 2), self.W_std, self.b_std,
+                self.parameterization, fan_in, window, fresh=True,
+            )
+            var1, var2 = k.map_variances(lambda v: self._affine(summed(v, 1), window, fresh=True))
         if k.same_inputs:
             set_self(nngp, var1)
         return k.replace(
@@ -203,9 +211,32 @@ class Conv(LazyModuleMixin, Layer):
             is_gaussian=True,
         )
 
-    def _affine(self, var: torch.Tensor) -> torch.Tensor:
-        """The output variances: the NNGP part of :func:`affine_kernels`, with the same operations."""
-        return affine_kernels(var, None, self.W_std, self.b_std, self.parameterization, 0)[0]
+    def _fused(self, k: Kernel) -> bool:
+        """Whether the map runs as one compiled pass (``ntkit._compiled.conv``): 2-D images in
+        the full layout, CPU tensors."""
+        tensors = (k.nngp, k.var1) if k.ntk is None else (k.nngp, k.ntk, k.var1)
+        return len(self.filter_shape) == 2 and not k.diagonal and _compiled.enabled(*tensors)
+
+    def _fused_map(self, nngp: torch.Tensor, ntk: torch.Tensor | None, geom, fan_in: int):
+        """``(K', Theta')`` of (..., H, W, H, W) tensors by ``ntkit._compiled.conv`` ("circular":
+        from inputs padded periodically on the four position axes)."""
+        if self.padding == "circular":
+            nngp, ntk = (None if t is None else _circular(t, geom) for t in (nngp, ntk))
+            geom = [(out, 0, 0) for out, _, _ in geom]
+        taps = [
+            [(source.start, target.start, target.stop - target.start) for source, target in filter_taps(size, w, s, g)]
+            for size, w, s, g in zip(nngp.shape[-2:], self.filter_shape, self.strides, geom)
+        ]
+        b2 = None if self.b_std is None else self.b_std**2
+        return _compiled.conv_kernels(
+            nngp, ntk, tuple(g[0] for g in geom), taps, self.strides, math.prod(self.filter_shape), self.W_std**2, b2,
+            self.parameterization == "ntk", fan_in,
+        )
+
+    def _affine(self, var: torch.Tensor, window: int = 1, fresh: bool = False) -> torch.Tensor:
+        """The output variances: the NNGP part of :func:`affine_kernels`, with the same operations
+        (and the same ``window`` and ``fresh`` as the cross-covariances)."""
+        return affine_kernels(var, None, self.W_std, self.b_std, self.parameterization, 0, window, fresh)[0]
 
     def extra_repr(self) -> str:
         bias = "None" if self.b_std is None else f"{self.b_std:g}"
@@ -214,3 +245,10 @@ class Conv(LazyModuleMixin, Layer):
             f"padding={self.padding!r}, W_std={self.W_std:g}, b_std={bias}, "
             f"parameterization={self.parameterization!r}"
         )
+
+
+def _circular(t: torch.Tensor, geom) -> torch.Tensor:
+    """``t`` (..., H, W, H, W) padded periodically on its four position axes, as ``geom`` says."""
+    for axis, (_, lo, hi) in zip(range(t.ndim - 4, t.ndim), geom + geom):
+        t = pad_axis(t, axis, lo, hi, "circular")
+    return t

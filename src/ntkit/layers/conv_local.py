@@ -171,7 +171,7 @@ class ConvLocal(Conv):
             if not k.diagonal:
                 t = _position_diagonal(t, batch, spatial)
             for d in range(n):
-                t = window_sum(t, batch + d, self.filter_shape[d], self.strides[d], geom[d], self.padding)
+                t = window_sum(t, batch + d, self.filter_shape[d], self.strides[d], geom[d], self.padding, compiled=True)
             return t.div_(window)
 
         nngp, ntk = affine_kernels(

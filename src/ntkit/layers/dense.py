@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from .. import _compiled
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
@@ -54,15 +55,28 @@ def scaled_parameters(layer) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def affine_kernels(
     nngp: torch.Tensor, ntk: torch.Tensor | None, W_std: float, b_std: float | None, parameterization: str,
-    fan_in: int,
+    fan_in: int, window: int = 1, fresh: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The NNGP and NTK of :math:`W x + b` from those of its (window-averaged) input: the map of
     :class:`Dense`, shared by the convolutions (``fan_in`` = input channels x filter size).
+
+    ``window``: the inputs are sums over a filter window of that many taps, averaged here.
+    ``fresh``: they are contiguous temporaries the caller gives up, so they are overwritten (on
+    the CPU in one compiled pass, ``ntkit._compiled.affine``, with the same operations).
 
     Separate multiplies and adds, never fused ones (``torch.add`` with ``alpha`` may use an FMA in
     some vector lanes and not in others): a pair at correlation 1 then gets exactly the numbers of
     a variance, wherever it sits in the matrix.
     """
+    tensors = (nngp,) if ntk is None else (nngp, ntk)
+    if fresh and all(t.is_contiguous() for t in tensors) and _compiled.enabled(*tensors):
+        b2 = None if b_std is None else b_std**2
+        _compiled.affine_(nngp, ntk, window, W_std**2, b2, parameterization == "ntk", fan_in)
+        return nngp, ntk
+    if window != 1:
+        nngp = nngp.div_(window) if fresh else nngp / window
+        if ntk is not None:
+            ntk = ntk.div_(window) if fresh else ntk / window
     w2 = W_std**2
     out = nngp * w2 if b_std is None else (nngp * w2).add_(b_std**2)
     if ntk is None:

@@ -62,9 +62,9 @@ class _WindowPool(Layer):
             feature_shape[1:], self.window_shape, self.strides, self.padding, f"{self.name}", nhwc_hint(feature_shape)
         )
 
-    def _pool(self, t: torch.Tensor, first_axis: int, geom) -> torch.Tensor:
+    def _pool(self, t: torch.Tensor, first_axis: int, geom, compiled: bool = False) -> torch.Tensor:
         for d, g in enumerate(geom):
-            t = window_sum(t, first_axis + d, self.window_shape[d], self.strides[d], g, self.padding)
+            t = window_sum(t, first_axis + d, self.window_shape[d], self.strides[d], g, self.padding, compiled)
         return t
 
     @staticmethod
@@ -94,7 +94,7 @@ class _WindowPool(Layer):
         scales = self._edge_scales(tuple(k.feature_shape[1:]), geom, k.nngp)
 
         def pool(t: torch.Tensor, offset: int) -> torch.Tensor:
-            t = self._pool(self._pool(t, offset, geom), offset + n, geom)
+            t = self._pool(self._pool(t, offset, geom, compiled=True), offset + n, geom, compiled=True)
             if scales is None:
                 return t.mul_(scale2)
             return self._scaled(self._scaled(t, offset, scales), offset + n, scales)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .. import _compiled
 from .._errors import NtkitError
 from ._gaussian import GaussianPair
 from .activation import Activation
@@ -33,6 +34,15 @@ class ABReLU(Activation):
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
+
+    def duals(self, pair: GaussianPair, ntk: torch.Tensor | None):
+        """Both duals in one compiled pass over the block where it applies (CPU, no autograd:
+        ``ntkit._compiled.relu``), else from ``dual`` (always from a subclass's own ``dual``)."""
+        tensors = (pair.cov,) if ntk is None else (pair.cov, ntk)
+        own_dual = type(self).dual is ABReLU.dual
+        if not own_dual or self.a == self.b or pair.rows is None or not _compiled.enabled(*tensors):
+            return super().duals(pair, ntk)
+        return _compiled.relu_duals(pair.rows, ntk, self.a, self.b, pair.cov.shape)
 
     def dual(self, pair: GaussianPair, derivative: bool):
         mean_square = (self.a**2 + self.b**2) / 2

@@ -1,0 +1,153 @@
+"""Compiled CPU loops (Numba) for the kernel maps whose torch form is bound by memory traffic.
+
+A kernel map written as whole-tensor torch operations reads and writes its block once per
+operation: the ReLU dual of a Myrtle CNN's 32x32 covariances makes about 30 such passes, and
+the finite-width pair recursions a few hundred. A compiled loop makes one, keeping each
+entry's temporaries in registers. This module holds what those loops share:
+
+* :func:`enabled` / :func:`run_rows` (here): when to take the compiled path (CPU tensors of
+  float32/float64 that autograd does not track, Numba importable, not switched off) and how
+  to spread a loop over torch's threads; the wrappers that hand torch tensors to the loops;
+* ``_jit``: ``jit``, ``numba.njit`` with the options the loops need, and a vectorizing
+  ``arccos``;
+* one module per compiled kernel map.
+
+The modules that import Numba are imported on first use, so ``import ntkit`` stays fast;
+without Numba (or with ``NTKIT_DISABLE_NUMBA=1``) every kernel map runs its torch form, which
+is also the one used on GPUs and the reference the compiled loops are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def _numba():
+    if os.environ.get("NTKIT_DISABLE_NUMBA", "") not in ("", "0"):
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba
+
+
+def enabled(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled path applies: Numba is there and every tensor is a CPU float32/64
+    that autograd does not track (compiled loops have no backward)."""
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return _numba() is not None and not tracked and all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
+    )
+
+
+def _array(t: torch.Tensor):
+    """A C-contiguous NumPy view (a copy only when ``t`` is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def relu_duals(rows: tuple, ntk: torch.Tensor | None, a: float, b: float, shape: torch.Size):
+    """``ABReLU(a, b)``'s K' and Theta' (None without ``ntk``) for ``GaussianPair.rows``, both
+    of the given shape; see :mod:`ntkit._compiled.relu`."""
+    from . import relu
+
+    cov, var1, var2, mode, exact = rows
+    flat_ntk = None if ntk is None else _array(ntk.reshape(cov.shape))
+    out, out_ntk = relu.run(_array(cov), flat_ntk, _array(var1), _array(var2), relu.MODES[mode], exact, a, b)
+    return torch.from_numpy(out).reshape(shape), None if ntk is None else torch.from_numpy(out_ntk).reshape(shape)
+
+
+#: The least work (entries of a simple kernel map) worth giving a thread of its own.
+MIN_SHARE = 1 << 16
+
+
+def run_rows(kernel, rows: int, *args, cost: int = 1) -> None:
+    """``kernel(start, stop, *args)`` over rows ``[0, rows)``, split across torch's threads.
+
+    The compiled loops are serial and release the GIL; this runs them on a small pool of
+    ``torch.get_num_threads()`` Python threads, each on a contiguous share of the rows. (Not
+    Numba's own ``prange``: its OpenMP layer shares the OpenMP runtime with torch, and setting
+    Numba's thread count changes torch's.) ``cost`` is the work per row in entries: problems
+    under ~64k entries run on the calling thread, where a pool would cost more than it saves.
+    """
+    threads = max(1, min(torch.get_num_threads(), rows, rows * cost // MIN_SHARE))
+    if threads == 1:
+        kernel(0, rows, *args)
+        return
+    bounds = [rows * t // threads for t in range(threads + 1)]
+    futures = [_pool(threads).submit(kernel, bounds[t], bounds[t + 1], *args) for t in range(1, threads)]
+    kernel(bounds[0], bounds[1], *args)
+    for future in futures:
+        future.result()
+
+
+@lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ntkit-compiled")
+
+
+def window_sum(t: torch.Tensor, axes: tuple, out: int, taps: list, first_tap: int) -> torch.Tensor:
+    """``ntkit.layers._spatial._summed`` for one axis or two paired axes, compiled: ``taps`` are
+    its (source, target) slices, ``first_tap`` the covering one (-1: none); see
+    :mod:`ntkit._compiled.window`."""
+    from . import window
+
+    shape = tuple(t.shape)
+    first, last = axes[0], axes[-1]
+    outer, inner = math.prod(shape[:first]), math.prod(shape[last + 1 :])
+    if len(axes) == 1:
+        view = (outer, shape[first], inner)
+    else:
+        view = (outer, shape[first], math.prod(shape[first + 1 : last]), shape[last], inner)
+    stride = taps[0][0].step or 1
+    plain = [(source.start, target.start, target.stop - target.start) for source, target in taps]
+    summed = window.run(_array(t.reshape(view)), len(axes) == 2, out, plain, stride, first_tap)
+    result = list(shape)
+    for axis in axes:
+        result[axis] = out
+    return torch.from_numpy(summed).reshape(result)
+
+
+def affine_(nngp: torch.Tensor, ntk: torch.Tensor | None, window: int, w2: float, b2: float | None,
+            ntk_parameterization: bool, fan_in: int) -> None:
+    """``ntkit.layers.dense.affine_kernels`` of window sums, in place on contiguous tensors; see
+    :mod:`ntkit._compiled.affine`."""
+    from . import affine
+
+    flat = nngp.view(-1).numpy()
+    flat_ntk = flat[:0] if ntk is None else ntk.view(-1).numpy()
+    run_rows(
+        affine.affine_in_place, flat.size, flat, flat_ntk, float(window), w2, 0.0 if b2 is None else b2, b2 is not None,
+        ntk_parameterization, float(fan_in),
+    )
+
+
+def conv_kernels(nngp: torch.Tensor, ntk: torch.Tensor | None, out_size: tuple, taps: list, strides: tuple,
+                 window: int, w2: float, b2: float | None, ntk_parameterization: bool, fan_in: int):
+    """A 2-D ``Conv``'s K' and Theta' (None without ``ntk``) on (..., H, W, H, W) tensors in one
+    pass, ``out_size`` = (H', W'); ``taps`` holds a list of (source, target, count) per axis. See
+    :mod:`ntkit._compiled.conv`."""
+    import numpy as np
+
+    from . import conv
+
+    *batch, height, width, _, _ = nngp.shape
+    out_h, out_w = out_size
+    view = (math.prod(batch), height, width, height, width)
+    out = torch.empty((view[0], out_h, out_w, out_h, out_w), dtype=nngp.dtype)
+    out_ntk = torch.empty_like(out) if ntk is not None else out.new_empty((0, 0, 0, 0, 0))
+    source_ntk = _array(ntk.reshape(view)) if ntk is not None else out_ntk.numpy()
+    tables = [np.array(axis_taps, dtype=np.int64).reshape(-1, 3) for axis_taps in taps]
+    run_rows(
+        conv.conv_kernels, view[0] * out_h * out_w, _array(nngp.reshape(view)), source_ntk, out.numpy(),
+        out_ntk.numpy(), tables[0], tables[1], strides[0], strides[1], float(window), w2, 0.0 if b2 is None else b2,
+        b2 is not None, ntk_parameterization, float(fan_in), cost=out_h * out_w * window,
+    )
+    shape = (*batch, out_h, out_w, out_h, out_w)
+    return out.reshape(shape), None if ntk is None else out_ntk.reshape(shape)

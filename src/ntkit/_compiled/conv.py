@@ -1,0 +1,149 @@
+"""The whole kernel map of a 2-D convolution on all pairs of positions, in one compiled pass.
+
+For images in the full spatial layout, ``Conv``'s kernel map is a window sum over filter taps
+shifted alike in both images followed by the affine map (Novak et al. 2019, eq. 8; Arora et al.
+2019, eq. 7; :func:`ntkit.layers.dense.affine_kernels`):
+
+.. math::
+    \\bar K[y, y'] = \\frac{1}{|w|} \\sum_{j \\in w} K[s y + j - lo,\\; s y' + j - lo], \\qquad
+    K' = \\sigma_w^2 \\bar K + \\sigma_b^2, \\qquad
+    \\Theta' = \\sigma_w^2 \\bar\\Theta + K' \\;(\\text{"ntk"}) \\text{ or }
+    \\sigma_w^2 \\bar\\Theta + n \\bar K + 1 \\;(\\text{"standard"}),
+
+with y = (y_h, y_w), taps j = (j_h, j_w), and taps outside either image skipped (zero padding;
+"circular" inputs come padded periodically). The two-step torch form makes a pass per axis for
+the sums and one for the affine map; here each output row (a, y_h, y_w, y'_h, :) is summed in
+a buffer in cache, mapped and written once. Where a 3x3 filter with unit strides has all nine
+taps inside (most rows), the row's inner entries take nine loads and one store each.
+
+Every entry adds its taps in the same order (j_h, then j_w), whichever path computes it, and
+whether it pairs two images or an image with itself: twins still get exactly the numbers of a
+variance. Tap tables per axis hold (source, target, count) as in
+``ntkit.layers._spatial.filter_taps``: tap j adds input ``source + stride u`` to output
+``target + u`` for u < count.
+
+Layout: ``nngp``, ``ntk`` (A, H, W, H, W) -> (A, H', W', H', W').
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import uint64
+
+from ._jit import jit
+
+
+@jit(fastmath=False)
+def conv_kernels(start, stop, nngp, ntk, out, out_ntk, taps_h, taps_w, stride_h, stride_w, window, w2, b2, with_bias,
+                 ntk_parameterization, fan_in):
+    """Fill the planes ``[start, stop)`` (of A H' W': plane (a, y_h, y_w) holds the H' W' entries
+    (y'_h, y'_w)) of ``out`` (and ``out_ntk`` unless ``ntk`` is empty) with K' (Theta')."""
+    _, out_h, out_w, _, _ = out.shape
+    with_ntk = ntk.size > 0
+    three = taps_h.shape[0] == 3 and taps_w.shape[0] == 3 and stride_h == 1 and stride_w == 1
+    # the entries y'_w that all three width taps reach (the row's inner entries)
+    inner_lo = max(taps_w[0, 1], max(taps_w[1, 1], taps_w[2, 1])) if three else 0
+    inner_hi = min(taps_w[0, 1] + taps_w[0, 2], min(taps_w[1, 1] + taps_w[1, 2], taps_w[2, 1] + taps_w[2, 2])) if three else 0
+    shape = nngp.shape
+    source, source_ntk, target, target_ntk = nngp.reshape(-1), ntk.reshape(-1), out.reshape(-1), out_ntk.reshape(-1)
+    bases = np.empty(9, np.uint64)
+    acc = np.empty(out_w, nngp.dtype)
+    acc_ntk = np.empty(out_w if with_ntk else 0, nngp.dtype)
+    for plane in range(start, stop):
+        a, y_h, y_w = plane // (out_h * out_w), (plane // out_w) % out_h, plane % out_w
+        for y_hp in range(out_h):
+            if three and _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
+                _sum_nine(source, acc, bases, taps_w, inner_lo, inner_hi)
+                if with_ntk:
+                    _sum_nine(source_ntk, acc_ntk, bases, taps_w, inner_lo, inner_hi)
+            else:
+                _sum_taps(source, shape, acc, taps_h, taps_w, stride_h, stride_w, a, y_h, y_w, y_hp)
+                if with_ntk:
+                    _sum_taps(source_ntk, shape, acc_ntk, taps_h, taps_w, stride_h, stride_w, a, y_h, y_w, y_hp)
+            first = uint64((plane * out_h + y_hp) * out_w)
+            _write_row(acc, acc_ntk, target, target_ntk, first, out_w, with_ntk, window, w2, b2, with_bias,
+                       ntk_parameterization, fan_in)
+
+
+@jit(inline="always", fastmath=False)
+def _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
+    """Whether all nine taps of row (a, y_h, y_w, y'_h) are inside both images (unit strides);
+    if so, ``bases[3 jh + jw]`` is where tap (jh, jw) reads for output y'_w = 0."""
+    _, height, width, _, _ = shape
+    for jh in range(3):
+        source, target, count = taps_h[jh, 0], taps_h[jh, 1], taps_h[jh, 2]
+        if not (target <= y_h < target + count and target <= y_hp < target + count):
+            return False
+    for jw in range(3):
+        if not (taps_w[jw, 1] <= y_w < taps_w[jw, 1] + taps_w[jw, 2]):
+            return False
+    for jh in range(3):
+        x_h, x_hp = taps_h[jh, 0] + y_h - taps_h[jh, 1], taps_h[jh, 0] + y_hp - taps_h[jh, 1]
+        for jw in range(3):
+            x_w = taps_w[jw, 0] + y_w - taps_w[jw, 1]
+            row = (((a * height + x_h) * width + x_w) * height + x_hp) * width
+            bases[3 * jh + jw] = uint64(row + taps_w[jw, 0] - taps_w[jw, 1])
+    return True
+
+
+@jit(inline="always", fastmath=False)
+def _sum_nine(src, acc, bases, taps_w, inner_lo, inner_hi):
+    """``acc[e]``: the nine taps' sum in tap order; inner entries with nine loads and one store
+    (the bases held as scalars, so that the loop vectorizes), the others tap by tap."""
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = bases[0], bases[1], bases[2], bases[3], bases[4], bases[5], bases[6], bases[7], bases[8]
+    for e in range(uint64(inner_lo), uint64(inner_hi)):
+        acc[e] = (((((((src[b0 + e] + src[b1 + e]) + src[b2 + e]) + src[b3 + e]) + src[b4 + e]) + src[b5 + e])
+                   + src[b6 + e]) + src[b7 + e]) + src[b8 + e]
+    for edge in range(inner_lo + acc.size - inner_hi):
+        e = edge if edge < inner_lo else inner_hi + edge - inner_lo
+        total = 0.0
+        for t in range(9):
+            jw = t % 3
+            if taps_w[jw, 1] <= e < taps_w[jw, 1] + taps_w[jw, 2]:
+                total += src[bases[t] + uint64(e)]
+        acc[e] = total
+
+
+@jit(inline="always", fastmath=False)
+def _sum_taps(flat, shape, acc, taps_h, taps_w, stride_h, stride_w, a, y_h, y_w, y_hp):
+    """Any filter and strides: ``acc`` = the taps' sum for row (a, y_h, y_w, y'_h) of the flat
+    input of ``shape``, tap by tap in tap order, each tap over the entries it reaches."""
+    _, height, width, _, _ = shape
+    acc[:] = 0.0
+    for jh in range(taps_h.shape[0]):
+        source_h, target_h, count_h = taps_h[jh, 0], taps_h[jh, 1], taps_h[jh, 2]
+        u, up = y_h - target_h, y_hp - target_h
+        if u < 0 or u >= count_h or up < 0 or up >= count_h:
+            continue
+        x_h, x_hp = source_h + stride_h * u, source_h + stride_h * up
+        for jw in range(taps_w.shape[0]):
+            source_w, target_w, count_w = taps_w[jw, 0], taps_w[jw, 1], taps_w[jw, 2]
+            uw = y_w - target_w
+            if uw < 0 or uw >= count_w:
+                continue
+            x_w = source_w + stride_w * uw
+            origin = uint64((((a * height + x_h) * width + x_w) * height + x_hp) * width + source_w)
+            for e in range(uint64(count_w)):
+                acc[uint64(target_w) + e] += flat[origin + uint64(stride_w) * e]
+
+
+@jit(inline="always", fastmath=False)
+def _write_row(acc, acc_ntk, target, target_ntk, first, out_w, with_ntk, window, w2, b2, with_bias, ntk_parameterization,
+               fan_in):
+    """The affine map of the row's window sums (the operations of :mod:`ntkit._compiled.affine`),
+    written to the output from ``first``."""
+    for e in range(out_w):
+        mean = acc[e] / window
+        value = mean * w2
+        if with_bias:
+            value = value + b2
+        target[first + uint64(e)] = value
+        if with_ntk:
+            tangent = (acc_ntk[e] / window) * w2
+            if ntk_parameterization:
+                tangent = tangent + value
+            else:
+                tangent = tangent + mean * fan_in
+                if with_bias:
+                    tangent = tangent + 1.0
+            target_ntk[first + uint64(e)] = tangent

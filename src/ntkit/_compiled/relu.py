@@ -1,0 +1,115 @@
+"""The arc-cosine duals of the ReLU family in one compiled pass over a block of covariances.
+
+For :math:`\\phi(x) = a \\min(x, 0) + b \\max(x, 0)` and jointly Gaussian pre-activations with
+variances :math:`v_1, v_2` and covariance k (Cho & Saul 2009, eq. 6; see
+:class:`ntkit.layers.rectified.ABReLU`), with :math:`c = k / \\sqrt{v_1 v_2}`,
+:math:`\\theta = \\arccos c`:
+
+.. math::
+    \\dot K = m - \\kappa\\,\\theta, \\qquad
+    K' = \\dot K\\, k + \\kappa \\sqrt{v_1 v_2}\\, \\sin\\theta, \\qquad
+    \\Theta' = \\dot K\\, \\Theta,
+
+:math:`m = (a^2 + b^2)/2`, :math:`\\kappa = (a - b)^2 / (2\\pi)`. The torch form of
+:class:`~ntkit.layers._gaussian.GaussianPair` makes about a dozen passes over the block for this;
+here each entry is read once and both outputs are written once.
+
+Layout (see ``GaussianPair.rows``): ``cov`` is (B1, B2, P, Q) and the variances are rows of
+``var1`` (B1, P) and ``var2``. ``mode`` says which variances an entry pairs:
+
+* ``CROSS``: ``cov[i, j, p, q]`` pairs ``var1[i, p]`` with ``var2[j, q]`` (vectors: P = Q = 1;
+  images in the full layout: all pairs of positions);
+* ``SELF``: B2 = 1 and ``cov[i, 0, p, q]`` pairs ``var1[i, p]`` with ``var2[i, q]`` (the
+  self-covariances of an image);
+* ``DIAGONAL``: P = 1 and ``cov[i, j, 0, q]`` pairs ``var1[i, q]`` with ``var2[j, q]`` (equal
+  positions only);
+* ``VECTOR``: B2 = P = 1 and ``cov[i, 0, 0, q]`` pairs ``var1[i, 0]`` with ``var2[0, q]`` (vectors:
+  one row per example of the first batch).
+
+Entries that pair a unit with itself (``exact``: i = j in a same-inputs block, and p = q
+unless ``DIAGONAL``; i = q for ``VECTOR``) get correlation exactly 1, as in ``GaussianPair.correlation``; a zero
+variance gives correlation 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from . import run_rows
+from ._jit import arccos, jit
+
+CROSS, SELF, DIAGONAL, VECTOR = 0, 1, 2, 3
+MODES = {"cross": CROSS, "self": SELF, "diagonal": DIAGONAL, "vector": VECTOR}
+
+
+@jit(inline="always")
+def _entry(k, v1, v2, std1, std2, inv1, inv2, unit, mean_square, kink):
+    """(K', Kdot) of one entry; ``unit``: the entry pairs a unit with itself (correlation 1).
+
+    Square roots of the variances come per position, not per entry (the division and square
+    root per entry are most of the cost); a covariance equal to both variances (or to minus
+    both) still gets correlation exactly 1 (-1), as ``k / sqrt(v1 v2)`` does in the torch form:
+    twins in two batches, and antipodal inputs, whose Kdot is then exactly 0 for ReLU. Bitwise ``|``, ``&``: no short-circuit branches, so the loop vectorizes."""
+    norm = std1 * std2
+    c = min(max(k * (inv1 * inv2), -1.0), 1.0)
+    c = -1.0 if (k == -v1) & (k == -v2) else c
+    c = 1.0 if unit | ((k == v1) & (k == v2)) else c
+    c = c if norm > 0 else 0.0
+    kdot = mean_square - kink * arccos(c)
+    return kdot * k + kink * norm * math.sqrt(1.0 - c * c), kdot
+
+
+@jit
+def relu_duals(start, stop, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, exact, mean_square, kink, out, out_ntk):
+    """Fill rows ``[start, stop)`` of ``out`` (B1 B2 P rows of Q entries) with K' and, when ``ntk``
+    is not empty, of ``out_ntk`` with Theta' (module doc); ``std``, ``inv``: the variances'
+    square roots and their inverses."""
+    b1, b2, rows, cols = cov.shape
+    with_ntk = ntk.size > 0
+    for flat in range(start, stop):
+        i = flat // (b2 * rows)
+        j = (flat // rows) % b2
+        p = flat % rows
+        same_example = mode == SELF or (exact and (i == j or mode == VECTOR))
+        diagonal_at = i if mode == VECTOR else p  # the q of the entry that pairs a unit with itself
+        second = i if mode == SELF else j
+        k_row, out_row = cov[i, j, p], out[i, j, p]
+        v2, s2, r2 = var2[second], std2[second], inv2[second]
+        # Four copies of the loop, each with no branch inside, so that each vectorizes.
+        if mode == DIAGONAL and with_ntk:
+            v1, s1, r1, ntk_row, tangent_row = var1[i], std1[i], inv1[i], ntk[i, j, p], out_ntk[i, j, p]
+            for q in range(cols):
+                out_row[q], kdot = _entry(k_row[q], v1[q], v2[q], s1[q], s2[q], r1[q], r2[q], same_example, mean_square, kink)
+                tangent_row[q] = kdot * ntk_row[q]
+        elif mode == DIAGONAL:
+            v1, s1, r1 = var1[i], std1[i], inv1[i]
+            for q in range(cols):
+                out_row[q] = _entry(k_row[q], v1[q], v2[q], s1[q], s2[q], r1[q], r2[q], same_example, mean_square, kink)[0]
+        elif with_ntk:
+            v, s, r, ntk_row, tangent_row = var1[i, p], std1[i, p], inv1[i, p], ntk[i, j, p], out_ntk[i, j, p]
+            for q in range(cols):
+                unit = same_example & (diagonal_at == q)
+                out_row[q], kdot = _entry(k_row[q], v, v2[q], s, s2[q], r, r2[q], unit, mean_square, kink)
+                tangent_row[q] = kdot * ntk_row[q]
+        else:
+            v, s, r = var1[i, p], std1[i, p], inv1[i, p]
+            for q in range(cols):
+                unit = same_example & (diagonal_at == q)
+                out_row[q] = _entry(k_row[q], v, v2[q], s, s2[q], r, r2[q], unit, mean_square, kink)[0]
+
+
+def run(cov, ntk, var1, var2, mode: int, exact: bool, a: float, b: float):
+    """K' and Theta' (or an empty array) as new arrays, for NumPy arrays laid out as above."""
+    out = np.empty_like(cov)
+    out_ntk = np.empty_like(cov) if ntk is not None else np.empty((0, 0, 0, 0), cov.dtype)
+    ntk = ntk if ntk is not None else out_ntk
+    std1, std2 = np.sqrt(var1), np.sqrt(var2)
+    with np.errstate(divide="ignore"):  # a zero variance: its correlations are set to 0
+        inv1, inv2 = 1.0 / std1, 1.0 / std2
+    b1, b2, rows, cols = cov.shape
+    run_rows(
+        relu_duals, b1 * b2 * rows, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, exact,
+        (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi), out, out_ntk, cost=cols,
+    )
+    return out, out_ntk
