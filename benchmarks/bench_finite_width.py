@@ -53,7 +53,7 @@ def corrections_rows(quick: bool):
         for n in ns:
             x = inputs(n)
             kernel = best_of(lambda: net.kernel(x), 3)
-            fw = best_of(lambda: corrections(net, x), 1)
+            fw = best_of(lambda: corrections(net, x), 2)
             yield (f"K¹, Θ¹ (`corrections`), depth 5, {activation.__name__}, N={n}", f"{fw:.3g} s",
                    f"net.kernel: {kernel:.3g} s", f"{fw / kernel:.0f}x the kernel")
 

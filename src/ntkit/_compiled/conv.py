@@ -49,8 +49,19 @@ def conv_kernels(start, stop, nngp, ntk, out, out_ntk, taps_h, taps_w, stride_h,
     bases = np.empty(9, np.uint64)
     acc = np.empty(out_w, nngp.dtype)
     acc_ntk = np.empty(out_w if with_ntk else 0, nngp.dtype)
+    # "same" geometry: a plane's entries (y'_h, y'_w) sit where their taps read, shifted
+    whole_planes = three and out_h == shape[1] and out_w == shape[2]
+    plane_acc = np.empty(out_h * out_w if whole_planes else 0, nngp.dtype)
+    plane_acc_ntk = np.empty(out_h * out_w if whole_planes and with_ntk else 0, nngp.dtype)
     for plane in range(start, stop):
         a, y_h, y_w = plane // (out_h * out_w), (plane // out_w) % out_h, plane % out_w
+        if whole_planes and _plane_bases(shape, taps_h, taps_w, a, y_h, y_w, bases):
+            for buffer, src in ((plane_acc, source), (plane_acc_ntk, source_ntk)):
+                if buffer.size > 0:
+                    _sum_plane(src, shape, buffer, bases, taps_h, taps_w, a, y_h, y_w, inner_lo, inner_hi)
+            _write_row(plane_acc, plane_acc_ntk, target, target_ntk, uint64(plane * out_h * out_w), out_h * out_w,
+                       with_ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in)
+            continue
         for y_hp in range(out_h):
             if three and _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
                 _sum_nine(source, acc, bases, taps_w, inner_lo, inner_hi)
@@ -84,6 +95,49 @@ def _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
             row = (((a * height + x_h) * width + x_w) * height + x_hp) * width
             bases[3 * jh + jw] = uint64(row + taps_w[jw, 0] - taps_w[jw, 1])
     return True
+
+
+@jit(inline="always", fastmath=False)
+def _plane_bases(shape, taps_h, taps_w, a, y_h, y_w, bases):
+    """Whether all nine taps reach position (y_h, y_w) of the first image; if so,
+    ``bases[3 jh + jw]`` is where tap (jh, jw) reads entry k = y'_h W + y'_w of the plane
+    ("same" geometry, unit strides: at ``bases[t] + k``)."""
+    _, height, width, _, _ = shape
+    for j in range(3):
+        if not (taps_h[j, 1] <= y_h < taps_h[j, 1] + taps_h[j, 2] and taps_w[j, 1] <= y_w < taps_w[j, 1] + taps_w[j, 2]):
+            return False
+    for jh in range(3):
+        x_h = taps_h[jh, 0] + y_h - taps_h[jh, 1]
+        for jw in range(3):
+            x_w = taps_w[jw, 0] + y_w - taps_w[jw, 1]
+            shift = (taps_h[jh, 0] - taps_h[jh, 1]) * width + taps_w[jw, 0] - taps_w[jw, 1]
+            bases[3 * jh + jw] = uint64(((a * height + x_h) * width + x_w) * height * width + shift)
+    return True
+
+
+@jit(inline="always", fastmath=False)
+def _sum_plane(src, shape, acc, bases, taps_h, taps_w, a, y_h, y_w, inner_lo, inner_hi):
+    """A whole plane's window sums into ``acc`` (H' W'): the rows that all height taps reach as one
+    run of nine-load sums over the flattened rows (entries past a row's inner ones, where the
+    run wraps into the next row, are then redone tap by tap), the other rows row by row."""
+    _, height, width, _, _ = shape
+    row_lo = max(taps_h[0, 1], max(taps_h[1, 1], taps_h[2, 1]))
+    row_hi = min(taps_h[0, 1] + taps_h[0, 2], min(taps_h[1, 1] + taps_h[1, 2], taps_h[2, 1] + taps_h[2, 2]))
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = bases[0], bases[1], bases[2], bases[3], bases[4], bases[5], bases[6], bases[7], bases[8]
+    for k in range(uint64(row_lo * width + inner_lo), uint64((row_hi - 1) * width + inner_hi)):
+        acc[k] = (((((((src[b0 + k] + src[b1 + k]) + src[b2 + k]) + src[b3 + k]) + src[b4 + k]) + src[b5 + k])
+                   + src[b6 + k]) + src[b7 + k]) + src[b8 + k]
+    for y_hp in range(height):
+        # inner rows: only their edge entries; the other rows: every entry
+        skip_lo, skip_hi = (inner_lo, inner_hi) if row_lo <= y_hp < row_hi else (width, width)
+        for edge in range(width - (skip_hi - skip_lo)):
+            e = edge if edge < skip_lo else skip_hi + edge - skip_lo
+            total = 0.0
+            for t in range(9):
+                jh, jw = t // 3, t % 3
+                if taps_h[jh, 1] <= y_hp < taps_h[jh, 1] + taps_h[jh, 2] and taps_w[jw, 1] <= e < taps_w[jw, 1] + taps_w[jw, 2]:
+                    total += src[bases[t] + uint64(y_hp * width + e)]
+            acc[y_hp * width + e] = total
 
 
 @jit(inline="always", fastmath=False)

@@ -50,6 +50,8 @@ from ._relu_pairs import _RHO_EPS
 #: The output rows (pair-last) of each statistic and its shape per pair.
 LAYOUT = (("K", (3,)), ("T", (3,)), ("K1", (3,)), ("T1", (3,)), ("V", (3, 3)), ("D", (3, 3)), ("F", (2, 2, 2, 2)))
 ROWS = 46
+#: With ``cross_only``: the (a, b) slot of K, T, K1, T1.
+CROSS_ROWS = 4
 #: Work per pair and layer in the units of ``run_rows`` (entries of a simple kernel map).
 _COST = 32
 _LOW, _HIGH = -1 + _RHO_EPS, 1 - _RHO_EPS
@@ -58,9 +60,12 @@ _THETA_LOW, _THETA_HIGH = math.acos(_LOW), math.acos(_HIGH)
 _SINE_LOW, _SINE_HIGH = math.sin(_THETA_LOW), math.sin(_THETA_HIGH)
 
 
-def propagate(spec, q: torch.Tensor, same: torch.Tensor) -> dict:
+def propagate(spec, q: torch.Tensor, same: torch.Tensor, cross_only: bool = False):
     """:func:`~ntkit.finite_width._recursions.propagate` for ReLU-family MLPs: the same dict
-    (pair-last ``K, T, K1, T1`` (3, P), ``V, D`` (3, 3, P), ``F`` (2, 2, 2, 2, P)), float64."""
+    (pair-last ``K, T, K1, T1`` (3, P), ``V, D`` (3, 3, P), ``F`` (2, 2, 2, 2, P)), float64.
+
+    ``cross_only``: instead, the (a, b) slots of K, T, K1, T1 as a (4, P) tensor, all that
+    :func:`~ntkit.finite_width.corrections` reads (a tenth of the writes)."""
     acts = spec.activations
     layers = np.array(
         [
@@ -76,8 +81,10 @@ def propagate(spec, q: torch.Tensor, same: torch.Tensor) -> dict:
     first = np.array([spec.c_w[0], spec.c_b[0], spec.lambda_w[0], spec.lambda_b[0]], dtype=np.float64)
     q = q.detach().to(torch.float64).contiguous().numpy()
     same = same.detach().contiguous().numpy()
-    out = np.empty((ROWS, q.shape[0]))
+    out = np.empty((CROSS_ROWS if cross_only else ROWS, q.shape[0]))
     run_rows(propagate_pairs, q.shape[0], q, same, first, layers, weights, out, cost=_COST * max(1, len(acts)))
+    if cross_only:
+        return torch.from_numpy(out)
     result, row = {}, 0
     for name, shape in LAYOUT:
         size = math.prod(shape)
@@ -112,6 +119,9 @@ def _one_pair(q, same, first, layers, weights, out, i):
     f = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for layer in range(layers.shape[0]):
         k, t, k1, t1, v, d, f = _layer(k, t, k1, t1, v, d, f, same[i], layers, weights, layer)
+    if out.shape[0] == CROSS_ROWS:
+        out[0, i], out[1, i], out[2, i], out[3, i] = k[1], t[1], k1[1], t1[1]
+        return
     for j in range(3):
         out[j, i] = k[j]
         out[3 + j, i] = t[j]

@@ -10,7 +10,7 @@ from .._errors import NtkitError
 from ._architecture import check_points, check_width, hidden_width, read_mlp
 from ..layers.erf import Erf
 from ..layers.rectified import ABReLU
-from ._recursions import propagate
+from ._recursions import cross_statistics
 
 #: Pairs per batch: a quadrature grid (activations without closed forms) holds ~12 (P, m, m)
 #: float64 arrays, ~70 MB for 32 pairs at m = 151 nodes (m grows with the pre-activation std);
@@ -133,10 +133,10 @@ def corrections(
     first = norms1[rows]
     q = torch.stack([first, torch.where(same, first, gram.view(-1)[flat]), norms2[cols]], 1)
     chunk = _CLOSED_PAIRS if all(isinstance(a, (ABReLU, Erf)) for a in spec.activations) else _SMOOTH_PAIRS
-    parts = [propagate(spec, q[s : s + chunk], same[s : s + chunk]) for s in range(0, q.shape[0], chunk)]
+    chunks = range(0, q.shape[0], chunk)
+    statistics = torch.cat([cross_statistics(spec, q[s : s + chunk], same[s : s + chunk]) for s in chunks], 1)
     out = []
-    for name in ("K", "T", "K1", "T1"):
-        values = torch.cat([part[name][1] for part in parts])
+    for values in statistics:  # K, Theta, K^1, Theta^1
         matrix = q.new_zeros(n1, n2)
         matrix.view(-1).index_copy_(0, flat, values)
         if same_inputs:

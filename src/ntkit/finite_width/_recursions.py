@@ -62,6 +62,17 @@ def propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
     return torch_propagate(spec, q, same)
 
 
+def cross_statistics(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """The output layer's K, Theta, K^1, Theta^1 of each pair's two samples (the ab slot), (4, P):
+    what ``corrections`` needs, and all that the compiled loop then writes."""
+    if q.dtype == torch.float64 and _compiled.enabled(q) and all(isinstance(act, ABReLU) for act in spec.activations):
+        from . import _compiled_pairs
+
+        return _compiled_pairs.propagate(spec, q, same, cross_only=True)
+    state = torch_propagate(spec, q, same)
+    return torch.stack([state[name][1] for name in ("K", "T", "K1", "T1")])
+
+
 def torch_propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
     """:func:`propagate` as whole-batch torch operations (any activation, any device)."""
     p, k = q.shape[0], q.T.contiguous()
