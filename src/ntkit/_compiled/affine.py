@@ -18,23 +18,33 @@ from __future__ import annotations
 from ._jit import jit
 
 
+@jit(inline="always", fastmath=False)
+def affine_entry(total, total_ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in, with_ntk):
+    """(K', Theta') of one entry from its window sums (Theta' is 0 without ``with_ntk``)."""
+    mean = total / window
+    value = mean * w2
+    if with_bias:
+        value = value + b2
+    tangent = 0.0
+    if with_ntk:
+        tangent = (total_ntk / window) * w2
+        if ntk_parameterization:
+            tangent = tangent + value
+        else:
+            tangent = tangent + mean * fan_in
+            if with_bias:
+                tangent = tangent + 1.0
+    return value, tangent
+
+
 @jit(fastmath=False)
 def affine_in_place(start, stop, nngp, ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in):
     """Overwrite entries ``[start, stop)`` of the flat window sums ``nngp`` and ``ntk`` (empty: no
     NTK) with K', Theta'."""
     with_ntk = ntk.size > 0
     for e in range(start, stop):
-        mean = nngp[e] / window
-        out = mean * w2
-        if with_bias:
-            out = out + b2
-        nngp[e] = out
+        total_ntk = ntk[e] if with_ntk else 0.0
+        value, tangent = affine_entry(nngp[e], total_ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in, with_ntk)
+        nngp[e] = value
         if with_ntk:
-            tangent = (ntk[e] / window) * w2
-            if ntk_parameterization:
-                tangent = tangent + out
-            else:
-                tangent = tangent + mean * fan_in
-                if with_bias:
-                    tangent = tangent + 1.0
             ntk[e] = tangent

@@ -31,6 +31,7 @@ import numpy as np
 from numba import uint64
 
 from ._jit import jit
+from .affine import affine_entry
 
 
 @jit(fastmath=False)
@@ -184,20 +185,11 @@ def _sum_taps(flat, shape, acc, taps_h, taps_w, stride_h, stride_w, a, y_h, y_w,
 @jit(inline="always", fastmath=False)
 def _write_row(acc, acc_ntk, target, target_ntk, first, out_w, with_ntk, window, w2, b2, with_bias, ntk_parameterization,
                fan_in):
-    """The affine map of the row's window sums (the operations of :mod:`ntkit._compiled.affine`),
+    """The affine map of the row's window sums (:func:`ntkit._compiled.affine.affine_entry`),
     written to the output from ``first``."""
     for e in range(out_w):
-        mean = acc[e] / window
-        value = mean * w2
-        if with_bias:
-            value = value + b2
+        total_ntk = acc_ntk[e] if with_ntk else 0.0
+        value, tangent = affine_entry(acc[e], total_ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in, with_ntk)
         target[first + uint64(e)] = value
         if with_ntk:
-            tangent = (acc_ntk[e] / window) * w2
-            if ntk_parameterization:
-                tangent = tangent + value
-            else:
-                tangent = tangent + mean * fan_in
-                if with_bias:
-                    tangent = tangent + 1.0
             target_ntk[first + uint64(e)] = tangent

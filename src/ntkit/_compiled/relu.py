@@ -22,12 +22,10 @@ Layout (see ``GaussianPair.rows``): ``cov`` is (B1, B2, P, Q) and the variances 
 * ``SELF``: B2 = 1 and ``cov[i, 0, p, q]`` pairs ``var1[i, p]`` with ``var2[i, q]`` (the
   self-covariances of an image);
 * ``DIAGONAL``: P = 1 and ``cov[i, j, 0, q]`` pairs ``var1[i, q]`` with ``var2[j, q]`` (equal
-  positions only);
-* ``VECTOR``: B2 = P = 1 and ``cov[i, 0, 0, q]`` pairs ``var1[i, 0]`` with ``var2[0, q]`` (vectors:
-  one row per example of the first batch).
+  positions only).
 
 Entries that pair a unit with itself (``exact``: i = j in a same-inputs block, and p = q
-unless ``DIAGONAL``; i = q for ``VECTOR``) get correlation exactly 1, as in ``GaussianPair.correlation``; a zero
+unless ``DIAGONAL``) get correlation exactly 1, as in ``GaussianPair.correlation``; a zero
 variance gives correlation 0.
 """
 
@@ -36,11 +34,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from . import run_rows
 from ._jit import arccos, jit
 
-CROSS, SELF, DIAGONAL, VECTOR = 0, 1, 2, 3
-MODES = {"cross": CROSS, "self": SELF, "diagonal": DIAGONAL, "vector": VECTOR}
+CROSS, SELF, DIAGONAL = 0, 1, 2
+MODES = {"cross": CROSS, "self": SELF, "diagonal": DIAGONAL}
 
 
 @jit(inline="always")
@@ -50,7 +49,8 @@ def _entry(k, v1, v2, std1, std2, inv1, inv2, unit, mean_square, kink):
     Square roots of the variances come per position, not per entry (the division and square
     root per entry are most of the cost); a covariance equal to both variances (or to minus
     both) still gets correlation exactly 1 (-1), as ``k / sqrt(v1 v2)`` does in the torch form:
-    twins in two batches, and antipodal inputs, whose Kdot is then exactly 0 for ReLU. Bitwise ``|``, ``&``: no short-circuit branches, so the loop vectorizes."""
+    twins in two batches, and antipodal inputs, whose Kdot is then exactly 0 for ReLU. Bitwise
+    ``|``, ``&``: no short-circuit branches, so the loop vectorizes."""
     norm = std1 * std2
     c = min(max(k * (inv1 * inv2), -1.0), 1.0)
     c = -1.0 if (k == -v1) & (k == -v2) else c
@@ -71,8 +71,7 @@ def relu_duals(start, stop, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, 
         i = flat // (b2 * rows)
         j = (flat // rows) % b2
         p = flat % rows
-        same_example = mode == SELF or (exact and (i == j or mode == VECTOR))
-        diagonal_at = i if mode == VECTOR else p  # the q of the entry that pairs a unit with itself
+        same_example = mode == SELF or (exact and i == j)
         second = i if mode == SELF else j
         k_row, out_row = cov[i, j, p], out[i, j, p]
         v2, s2, r2 = var2[second], std2[second], inv2[second]
@@ -89,13 +88,13 @@ def relu_duals(start, stop, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, 
         elif with_ntk:
             v, s, r, ntk_row, tangent_row = var1[i, p], std1[i, p], inv1[i, p], ntk[i, j, p], out_ntk[i, j, p]
             for q in range(cols):
-                unit = same_example & (diagonal_at == q)
+                unit = same_example & (p == q)
                 out_row[q], kdot = _entry(k_row[q], v, v2[q], s, s2[q], r, r2[q], unit, mean_square, kink)
                 tangent_row[q] = kdot * ntk_row[q]
         else:
             v, s, r = var1[i, p], std1[i, p], inv1[i, p]
             for q in range(cols):
-                unit = same_example & (diagonal_at == q)
+                unit = same_example & (p == q)
                 out_row[q] = _entry(k_row[q], v, v2[q], s, s2[q], r, r2[q], unit, mean_square, kink)[0]
 
 

@@ -51,6 +51,15 @@ def _add_row(out, o, src, s, count, stride, inner, first):
                 out[to + c] += src[at + c]
 
 
+@jit(inline="always", **_plain)
+def _tap(rank, first_tap):
+    """The tap added ``rank``-th: the covering one first (copied), then the others in order;
+    -1 where there is none (no covering tap, or the covering tap's own turn)."""
+    if rank == 0:
+        return first_tap
+    return -1 if rank - 1 == first_tap else rank - 1
+
+
 @jit(**_plain)
 def sum_one_axis(start, stop, t, out, sources, targets, counts, stride, first_tap):
     """One axis, rows a in ``[start, stop)``: ``t`` (A, X, C), ``out`` (A, Y, C) zero-filled when
@@ -60,14 +69,9 @@ def sum_one_axis(start, stop, t, out, sources, targets, counts, stride, first_ta
     src, dst = t.reshape(-1), out.reshape(-1)
     for a in range(start, stop):
         for rank in range(len(sources) + 1):
-            if rank == 0:
-                if first_tap < 0:
-                    continue
-                tap = first_tap
-            else:
-                tap = rank - 1
-                if tap == first_tap:
-                    continue
+            tap = _tap(rank, first_tap)
+            if tap < 0:
+                continue
             o = (a * y_size + targets[tap]) * inner
             s = (a * x_size + sources[tap]) * inner
             _add_row(dst, o, src, s, counts[tap], stride, inner, rank == 0)
@@ -87,14 +91,9 @@ def sum_paired_axes(start, stop, t, out, sources, targets, counts, stride, first
         a, y = row // y_size, row % y_size
         for b in range(b_size):
             for rank in range(len(sources) + 1):
-                if rank == 0:
-                    if first_tap < 0:
-                        continue
-                    tap = first_tap
-                else:
-                    tap = rank - 1
-                    if tap == first_tap:
-                        continue
+                tap = _tap(rank, first_tap)
+                if tap < 0:
+                    continue
                 u = y - targets[tap]
                 if u < 0 or u >= counts[tap]:
                     continue

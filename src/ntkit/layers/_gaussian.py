@@ -52,8 +52,10 @@ class GaussianPair:
         n = k.spatial_ndim
         n1, n2 = k.nngp.shape[:2]
         if n == 0:
+            # Vectors: no rows, so the torch form. It is about as fast there, and the compiled
+            # loops would cost a fully-connected kernel Numba's start-up (~1 s, ~100 MB).
             var1, var2 = k.var1[:, None], k.var2[None, :]
-            rows = (k.nngp.reshape(n1, 1, 1, n2), k.var1.reshape(n1, 1), k.var2.reshape(1, n2), "vector")
+            rows = None
         elif k.diagonal:  # equal positions only: cov (N1, N2, *S), variances (N, *S)
             var1, var2 = k.var1.unsqueeze(1), k.var2.unsqueeze(0)
             rows = (k.nngp.reshape(n1, n2, 1, -1), k.var1.reshape(n1, -1), k.var2.reshape(n2, -1), "diagonal")
@@ -70,7 +72,7 @@ class GaussianPair:
         else:
             paired = 0 if k.diagonal else n  # (i, i) pairs, and (p, p) pairs in the full layout
             pair = cls(k.nngp, var1, var2, "view", lambda t: paired_diagonal(t.diagonal(0, 0, 1), 0, paired))
-        pair.rows = (*rows, k.same_inputs)
+        pair.rows = None if rows is None else (*rows, k.same_inputs)
         return pair
 
     @classmethod
