@@ -14,6 +14,7 @@ ones used on GPUs); the compiled loops must give the same kernels:
 from __future__ import annotations
 
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -143,3 +144,26 @@ def test_autograd_takes_the_torch_forms():
         assert _relative(net.kernel(x1, x2).ntk, tracked.detach()) < RTOL
         change = net.kernel(x1 + step, x2).ntk.sum() - net.kernel(x1 - step, x2).ntk.sum()
     assert math.isclose(change.item(), 2 * (grad * step).sum().item(), rel_tol=1e-5)
+
+
+def _relu_block(cov):
+    from ntkit._compiled import relu
+
+    variances = np.ones((1, cov.shape[-1]))
+    return relu.run(cov, None, variances, variances, relu.CROSS, False, 0.0, 1.0)[0]
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method")
+def test_forked_child_gets_its_own_threads():
+    """Loops split across threads (two here) also run in a forked child, e.g. a DataLoader worker:
+    it has none of its parent's worker threads, so it must not wait on the parent's pool."""
+    cov = np.random.default_rng(7).uniform(-1, 1, (1, 1, 512, 512))  # 4x the least share of a thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = _relu_block(cov)  # creates the parent's pool
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(_relu_block, (cov,)).get(timeout=120)
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(parent, child)

@@ -81,14 +81,17 @@ def run_rows(kernel, rows: int, *args, cost: int = 1) -> None:
         kernel(0, rows, *args)
         return
     bounds = [rows * t // threads for t in range(threads + 1)]
-    futures = [_pool(threads).submit(kernel, bounds[t], bounds[t + 1], *args) for t in range(1, threads)]
+    pool = _pool(threads, os.getpid())
+    futures = [pool.submit(kernel, bounds[t], bounds[t + 1], *args) for t in range(1, threads)]
     kernel(bounds[0], bounds[1], *args)
     for future in futures:
         future.result()
 
 
 @lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """The worker threads; one pool per process (``pid``): a forked child has none of its
+    parent's threads, and would wait forever on the parent's pool."""
     return ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ntkit-compiled")
 
 
