@@ -14,7 +14,9 @@ with y = (y_h, y_w), taps j = (j_h, j_w), and taps outside either image skipped 
 "circular" inputs come padded periodically). The two-step torch form makes a pass per axis for
 the sums and one for the affine map; here each output row (a, y_h, y_w, y'_h, :) is summed in
 a buffer in cache, mapped and written once. Where a 3x3 filter with unit strides has all nine
-taps inside (most rows), the row's inner entries take nine loads and one store each.
+taps inside, an entry takes nine loads and one store: for "same" padding a whole plane
+(a, y_h, y_w, :, :) at once, its rows run together (the entries at the image's edges, which
+some taps miss, are then redone tap by tap); otherwise the row's inner entries.
 
 Every entry adds its taps in the same order (j_h, then j_w), whichever path computes it, and
 whether it pairs two images or an image with itself: twins still get exactly the numbers of a
@@ -83,7 +85,7 @@ def _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
     if so, ``bases[3 jh + jw]`` is where tap (jh, jw) reads for output y'_w = 0."""
     _, height, width, _, _ = shape
     for jh in range(3):
-        source, target, count = taps_h[jh, 0], taps_h[jh, 1], taps_h[jh, 2]
+        target, count = taps_h[jh, 1], taps_h[jh, 2]
         if not (target <= y_h < target + count and target <= y_hp < target + count):
             return False
     for jw in range(3):
