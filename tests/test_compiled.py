@@ -94,6 +94,8 @@ NETWORKS = {
     "standard parameterization, SumPool": (lambda: nk.serial(
         conv(padding="same", parameterization="standard"), nk.ReLU(), nk.SumPool((2, 2)),
         conv(padding="same", parameterization="standard"), nk.ReLU(), nk.GlobalSumPool(), nk.Dense(2, parameterization="standard")), (5, 4)),
+    "3x3 circular and valid, small images": (lambda: nk.serial(
+        conv(padding="circular"), nk.ReLU(), conv(padding="valid", b_std=None), nk.Abs(), nk.GlobalAvgPool(), nk.Dense(2)), (7, 5)),
     "diagonal layout": (lambda: nk.serial(conv(padding="same"), nk.ReLU(), conv(filter_shape=(2, 2)), nk.ReLU(), nk.Flatten(), nk.Dense(2)), (6, 5)),
     "1D": (lambda: nk.serial(nk.Conv(8, (3,), padding="same", W_std=1.3), nk.ReLU(), nk.Conv(8, (2,), strides=2, W_std=1.2, b_std=0.3), nk.ReLU(), nk.GlobalAvgPool(), nk.Dense(2)), (9,)),
 }

@@ -154,3 +154,25 @@ def conv_kernels(nngp: torch.Tensor, ntk: torch.Tensor | None, out_size: tuple, 
     )
     shape = (*batch, out_h, out_w, out_h, out_w)
     return out.reshape(shape), None if ntk is None else out_ntk.reshape(shape)
+
+
+def conv_padded_planes(padded: torch.Tensor, padded_ntk: torch.Tensor | None, out_size: tuple, w2: float,
+                       b2: float | None, ntk_parameterization: bool, fan_in: int):
+    """``conv_kernels`` of a 3x3 filter with unit strides from inputs already padded on their four
+    position axes (..., H_p, W_p, H_p, W_p); see ``conv.conv_padded_planes``."""
+    from . import conv
+
+    *batch, hp, wp, _, _ = padded.shape
+    out_h, out_w = out_size
+    view = (math.prod(batch), hp, wp, hp, wp)
+    out = torch.empty((view[0], out_h, out_w, out_h, out_w), dtype=padded.dtype)
+    out_ntk = torch.empty_like(out) if padded_ntk is not None else out.new_empty((0, 0, 0, 0, 0))
+    source_ntk = _array(padded_ntk.reshape(view)) if padded_ntk is not None else out_ntk.numpy()
+    run_rows(
+        conv.conv_padded_planes, view[0] * out_h * out_w, _array(padded.reshape(view)), source_ntk, out.numpy(),
+        out_ntk.numpy(), 9.0, w2, 0.0 if b2 is None else b2, b2 is not None, ntk_parameterization, float(fan_in),
+        cost=9 * out_h * wp,
+    )
+    shape = (*batch, out_h, out_w, out_h, out_w)
+    return out.reshape(shape), None if padded_ntk is None else out_ntk.reshape(shape)
+

@@ -195,3 +195,40 @@ def _write_row(acc, acc_ntk, target, target_ntk, first, out_w, with_ntk, window,
         target[first + uint64(e)] = value
         if with_ntk:
             target_ntk[first + uint64(e)] = tangent
+
+
+@jit(fastmath=False)
+def conv_padded_planes(start, stop, padded, padded_ntk, out, out_ntk, window, w2, b2, with_bias, ntk_parameterization,
+                       fan_in):
+    """A 3x3 filter with unit strides on inputs padded on all four position axes (A, H_p, W_p,
+    H_p, W_p): planes ``[start, stop)`` of ``out`` (A, H', W', H', W'), each summed as one run.
+
+    In a padded plane every tap is inside, and output (y'_h, y'_w) of tap (jh, jw) reads
+    entry ``(y'_h + jh) W_p + y'_w + jw``: with k = y'_h W_p + y'_w, the plane's nine sources are
+    ``bases[t] + k``. The run covers k up to the last output, the padded columns between rows
+    included (computed and dropped); a padded zero adds nothing, so the sums equal the unpadded
+    ones tap for tap. For small images, where a third or more of the entries are edges."""
+    _, hp, wp, _, _ = padded.shape
+    _, out_h, out_w, _, _ = out.shape
+    with_ntk = padded_ntk.size > 0
+    source, source_ntk, target, target_ntk = padded.reshape(-1), padded_ntk.reshape(-1), out.reshape(-1), out_ntk.reshape(-1)
+    run = (out_h - 1) * wp + out_w
+    acc = np.empty(run, padded.dtype)
+    acc_ntk = np.empty(run if with_ntk else 0, padded.dtype)
+    bases = np.empty(9, np.uint64)
+    for plane in range(start, stop):
+        a, y_h, y_w = plane // (out_h * out_w), (plane // out_w) % out_h, plane % out_w
+        for jh in range(3):
+            for jw in range(3):
+                bases[3 * jh + jw] = uint64(((a * hp + y_h + jh) * wp + y_w + jw) * hp * wp + jh * wp + jw)
+        for buffer, src in ((acc, source), (acc_ntk, source_ntk)):
+            if buffer.size > 0:
+                b0, b1, b2_, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
+                b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
+                for k in range(uint64(run)):
+                    buffer[k] = (((((((src[b0 + k] + src[b1 + k]) + src[b2_ + k]) + src[b3 + k]) + src[b4 + k])
+                                   + src[b5 + k]) + src[b6 + k]) + src[b7 + k]) + src[b8 + k]
+        for y_hp in range(out_h):
+            _write_row(acc[y_hp * wp : y_hp * wp + out_w], acc_ntk[y_hp * wp : y_hp * wp + out_w] if with_ntk else acc_ntk,
+                       target, target_ntk, uint64((plane * out_h + y_hp) * out_w), out_w, with_ntk, window, w2, b2,
+                       with_bias, ntk_parameterization, fan_in)

@@ -22,6 +22,11 @@ _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
 
 
+#: Images of at most this many positions take the padded-plane compiled path of 3x3 filters:
+#: a third or more of their entries are edges, and a padded copy of the block stays in cache.
+SMALL_PLANE = 16 * 16
+
+
 class Conv(LazyModuleMixin, Layer):
     """Convolution :math:`z_i(p) = \\sum_{j, t} W_{ijt}\\, x_j(s p + t) + b_i` over 1 or 2 spatial axes.
 
@@ -218,8 +223,14 @@ class Conv(LazyModuleMixin, Layer):
         return len(self.filter_shape) == 2 and not k.diagonal and _compiled.enabled(*tensors)
 
     def _fused_map(self, nngp: torch.Tensor, ntk: torch.Tensor | None, geom, fan_in: int):
-        """``(K', Theta')`` of (..., H, W, H, W) tensors by ``ntkit._compiled.conv`` ("circular":
-        from inputs padded periodically on the four position axes)."""
+        """``(K', Theta')`` of (..., H, W, H, W) tensors by ``ntkit._compiled.conv``: on small
+        images (3x3 filters, unit strides) from inputs padded on the four position axes, else
+        with the taps skipped at the edges ("circular": from inputs padded periodically)."""
+        b2 = None if self.b_std is None else self.b_std**2
+        out_size = tuple(g[0] for g in geom)
+        if self.filter_shape == (3, 3) and self.strides == (1, 1) and math.prod(nngp.shape[-2:]) <= SMALL_PLANE:
+            nngp, ntk = (None if t is None else _padded(t, geom, self.padding) for t in (nngp, ntk))
+            return _compiled.conv_padded_planes(nngp, ntk, out_size, self.W_std**2, b2, self.parameterization == "ntk", fan_in)
         if self.padding == "circular":
             nngp, ntk = (None if t is None else _circular(t, geom) for t in (nngp, ntk))
             geom = [(out, 0, 0) for out, _, _ in geom]
@@ -227,9 +238,8 @@ class Conv(LazyModuleMixin, Layer):
             [(source.start, target.start, target.stop - target.start) for source, target in filter_taps(size, w, s, g)]
             for size, w, s, g in zip(nngp.shape[-2:], self.filter_shape, self.strides, geom)
         ]
-        b2 = None if self.b_std is None else self.b_std**2
         return _compiled.conv_kernels(
-            nngp, ntk, tuple(g[0] for g in geom), taps, self.strides, math.prod(self.filter_shape), self.W_std**2, b2,
+            nngp, ntk, out_size, taps, self.strides, math.prod(self.filter_shape), self.W_std**2, b2,
             self.parameterization == "ntk", fan_in,
         )
 
@@ -245,6 +255,14 @@ class Conv(LazyModuleMixin, Layer):
             f"padding={self.padding!r}, W_std={self.W_std:g}, b_std={bias}, "
             f"parameterization={self.parameterization!r}"
         )
+
+
+def _padded(t: torch.Tensor, geom, padding: str) -> torch.Tensor:
+    """``t`` (..., H, W, H, W) padded on its four position axes: zeros, or periodically."""
+    if padding == "circular":
+        return _circular(t, geom)
+    (_, lo_h, hi_h), (_, lo_w, hi_w) = geom
+    return nn.functional.pad(t, (lo_w, hi_w, lo_h, hi_h, lo_w, hi_w, lo_h, hi_h))
 
 
 def _circular(t: torch.Tensor, geom) -> torch.Tensor:
