@@ -162,10 +162,8 @@ def test_deep_relu_ntk_of_arora_et_al(depth):
         layers += [nk.ReLU(), nk.Dense(64, w_std, b_std)]
     k = nk.serial(*layers).kernel(torch.as_tensor(x))
     sigma, theta = _relu_ntk_numpy(x, depth, w_std**2, b_std**2)
-    # Each entry is a sum of terms as large as the largest entry, so a small entry (a near
-    # cancellation) carries round-off of a few ulps of the largest one: atol = 1e-14 x max.
-    np.testing.assert_allclose(k.nngp.numpy(), sigma, rtol=1e-13, atol=1e-14 * np.abs(sigma).max())
-    np.testing.assert_allclose(k.ntk.numpy(), theta, rtol=1e-13, atol=1e-14 * np.abs(theta).max())
+    np.testing.assert_allclose(k.nngp.numpy(), sigma, rtol=1e-13)
+    np.testing.assert_allclose(k.ntk.numpy(), theta, rtol=1e-13)
 
 
 @pytest.mark.parametrize("function", [torch.tanh, torch.sigmoid, torch.nn.functional.softplus], ids=lambda f: f.__name__)

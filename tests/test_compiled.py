@@ -24,6 +24,8 @@ import ntkit as nk
 from ntkit import _compiled
 from ntkit.layers._spatial import diagonal_window_sum, window_sum
 
+from test_spatial_layout import conv, images  # images with a twin and an antipodal pair
+
 pytestmark = pytest.mark.skipif(_compiled._numba() is None, reason="Numba is not installed")
 
 RTOL = 1e-12  # see the module docstring
@@ -71,19 +73,6 @@ def test_window_sums_equal_torch_bit_for_bit(window, stride, padding):
         assert torch.equal(window_sum(t, axis, window, stride, geom, padding), window_sum(t, axis, window, stride, geom, padding, compiled=True))
 
 
-def images(n, spatial, seed, channels=3):
-    x = torch.randn(n, channels, *spatial, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x[-1] = x[0]  # an example twice (correlation exactly 1 across the two) and an antipodal one
-    x[-2] = -x[1]
-    return x
-
-
-def conv(**options):
-    options.setdefault("W_std", 1.4)
-    options.setdefault("b_std", 0.1)
-    return nk.Conv(8, options.pop("filter_shape", (3, 3)), **options)
-
-
 NETWORKS = {
     "Myrtle-like, pooling": (lambda: nk.serial(
         conv(padding="same", b_std=None), nk.ReLU(), conv(padding="same"), nk.ReLU(), nk.AvgPool((2, 2)),
@@ -110,7 +99,7 @@ def _relative(a, b):
 def test_kernels_equal_torch_forms(name, second, torch_only):
     build, spatial = NETWORKS[name]
     net = build()
-    x1, x2 = images(5, spatial, 1), torch.cat([images(3, spatial, 2), images(5, spatial, 1)[:1]])
+    x1, x2 = images(n=5, spatial=spatial, seed=1), torch.cat([images(n=3, spatial=spatial, seed=2), images(n=5, spatial=spatial, seed=1)[:1]])
     args = (x1,) if second == "x2=None" else (x1, x2)
     fast = net.kernel(*args, block_size=2)
     plain = torch_only(lambda: net.kernel(*args, block_size=2))
@@ -125,7 +114,7 @@ def test_kernels_equal_torch_forms(name, second, torch_only):
 
 def test_float32_close_to_float64():
     build, spatial = NETWORKS["Myrtle-like, pooling"]
-    net, x = build(), images(4, spatial, 3)
+    net, x = build(), images(n=4, spatial=spatial, seed=3)
     single, double = net.kernel(x, dtype=torch.float32), net.kernel(x)
     assert single.nngp.dtype == torch.float32
     # float32 round-off through ~10 maps of relative condition O(1): a few hundred eps.
@@ -137,7 +126,7 @@ def test_autograd_takes_the_torch_forms():
     """Compiled loops have no backward: tensors that autograd tracks use the torch forms."""
     build, spatial = NETWORKS["Myrtle-like, pooling"]
     net = build()
-    x1, x2 = images(3, spatial, 4)[:2].requires_grad_(True), images(3, spatial, 5)[:2]
+    x1, x2 = images(n=3, spatial=spatial, seed=4)[:2].requires_grad_(True), images(n=3, spatial=spatial, seed=5)[:2]
     tracked = net.kernel(x1, x2).ntk
     assert tracked.requires_grad
     (grad,) = torch.autograd.grad(tracked.sum(), x1)

@@ -127,8 +127,7 @@ def corrections(
     # identical samples (also duplicated rows): the pair problem degenerates to one sample
     ids = torch.unique(torch.cat([x1, x2]) if not same_inputs else x1, dim=0, return_inverse=True)[1]
     same = ids[rows] == ids[cols + (0 if same_inputs else n1)]
-    for norms in (norms1,) if same_inputs else (norms1, norms2):  # every row and column occurs in a pair
-        _check_variances(spec, torch.stack([norms] * 3, 1))
+    _check_variances(spec, norms1 if same_inputs else torch.cat([norms1, norms2]))  # every input is in a pair
     flat = rows * n2 + cols
     first = norms1[rows]
     q = torch.stack([first, torch.where(same, first, gram.view(-1)[flat]), norms2[cols]], 1)
@@ -163,9 +162,9 @@ def corrected_kernel(
     return CorrectedKernel(c.nngp + c.nngp_correction / width, c.ntk + c.ntk_correction / width)
 
 
-def _check_variances(spec, q: torch.Tensor) -> None:
-    k = spec.c_b[0] + spec.c_w[0] * q
-    if bool((k[:, 0] <= 0).any()) or bool((k[:, 2] <= 0).any()):
+def _check_variances(spec, norms: torch.Tensor) -> None:
+    """Every input's first-layer variance ``C_b + C_W x.x / n0`` must be positive."""
+    if bool((spec.c_b[0] + spec.c_w[0] * norms <= 0).any()):
         raise NtkitError(
             "an input has zero first-layer variance (a zero input with no bias, or W_std = 0): "
             "its 1/n expansion is degenerate; give the first Dense a bias or drop that input"

@@ -189,7 +189,7 @@ def _propagate(spec, x: torch.Tensor, points: int, seed: int) -> dict:
     n = x.shape[0]
     q = x @ x.T / x.shape[1]
     rows, cols, index = pair_layout(n)
-    _check_variances(spec, torch.stack([q.diagonal()] * 3, 1))
+    _check_variances(spec, q.diagonal())
     pairs = rows.shape[0]
     k = spec.c_b[0] + spec.c_w[0] * q
     theta = spec.lambda_b[0] + spec.lambda_w[0] * q

@@ -55,7 +55,7 @@ def propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
     when Numba is available (:func:`ntkit._compiled.enabled`); everything else, and the
     reference for it, is :func:`torch_propagate`.
     """
-    if q.dtype == torch.float64 and _compiled.enabled(q) and all(isinstance(act, ABReLU) for act in spec.activations):
+    if _takes_compiled_loop(spec, q):
         from . import _compiled_pairs
 
         return _compiled_pairs.propagate(spec, q, same)
@@ -65,12 +65,17 @@ def propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:
 def cross_statistics(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """The output layer's K, Theta, K^1, Theta^1 of each pair's two samples (the ab slot), (4, P):
     what ``corrections`` needs, and all that the compiled loop then writes."""
-    if q.dtype == torch.float64 and _compiled.enabled(q) and all(isinstance(act, ABReLU) for act in spec.activations):
+    if _takes_compiled_loop(spec, q):
         from . import _compiled_pairs
 
         return _compiled_pairs.propagate(spec, q, same, cross_only=True)
     state = torch_propagate(spec, q, same)
     return torch.stack([state[name][1] for name in ("K", "T", "K1", "T1")])
+
+
+def _takes_compiled_loop(spec: MLPSpec, q: torch.Tensor) -> bool:
+    """ReLU-family networks on float64 CPU tensors, where Numba is available."""
+    return q.dtype == torch.float64 and _compiled.enabled(q) and all(isinstance(act, ABReLU) for act in spec.activations)
 
 
 def torch_propagate(spec: MLPSpec, q: torch.Tensor, same: torch.Tensor) -> dict:

@@ -17,7 +17,6 @@ import math
 import torch
 
 from .. import _compiled
-
 from .._errors import NtkitError
 
 PADDINGS = ("valid", "same", "circular")

@@ -20,8 +20,6 @@ from .dense import affine_kernels, check_parameterization, check_std, draw_param
 
 _CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
-
-
 #: Images of at most this many positions take the padded-plane compiled path of 3x3 filters:
 #: a third or more of their entries are edges, and a padded copy of the block stays in cache.
 SMALL_PLANE = 16 * 16
