@@ -73,7 +73,7 @@ def _full_layout(net, *args, **options):
 
 def _layouts_used(net, *args, **options) -> list[str]:
     seen = []
-    original = _engine.input_kernel
+    original = _engine.Inputs
 
     def spy(*a, **k):
         out = original(*a, **k)
@@ -81,7 +81,7 @@ def _layouts_used(net, *args, **options) -> list[str]:
         return out
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_engine, "input_kernel", spy)
+        patch.setattr(_engine, "Inputs", spy)
         net.kernel(*args, **options)
     return seen
 

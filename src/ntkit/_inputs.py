@@ -92,6 +92,34 @@ class Twins(NamedTuple):
     def block(self, rows: slice, cols: slice) -> "Twins":
         return Twins(self.group1[rows], self.sign1[rows], self.group2[cols], self.sign2[cols])
 
+    def exact(self, nngp: torch.Tensor, var1: torch.Tensor) -> torch.Tensor:
+        """``nngp`` (N1, N2, ...) of a linear map of the inputs, with the twins' pairs set to
+        exactly +-``var1`` (N1, ...), the variances of their example in the first batch."""
+        trailing = (1,) * (nngp.ndim - 2)
+        pairs = (self.group1[:, None] == self.group2[None, :]) & (self.group1[:, None] >= 0)
+        signed = (self.sign1[:, None] * self.sign2[None, :]).reshape(*pairs.shape, *trailing) * var1[:, None]
+        return torch.where(pairs.reshape(*pairs.shape, *trailing), signed, nngp)
+
+
+class Inputs(NamedTuple):
+    """One block of raw inputs on their way into a network's first layer (``Layer.map_inputs``).
+
+    Most layers map the inputs' kernel, ``kernel()``; a first layer that is cheaper to compute
+    from the inputs themselves (``Conv``: dot products of image patches) reads them here.
+    ``twins`` (from :func:`find_twins`) marks identical and antipodal pairs, ``spatial_layout``
+    is the layout the engine chose (see :attr:`ntkit.Kernel.spatial_layout`)."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    same_inputs: bool
+    with_ntk: bool
+    twins: Twins | None
+    spatial_layout: str
+
+    def kernel(self) -> Kernel:
+        """The kernel of the inputs, :func:`input_kernel`."""
+        return input_kernel(*self)
+
 
 def find_twins(x1: torch.Tensor, x2: torch.Tensor, same_inputs: bool) -> Twins | None:
     """Identical or antipodal examples, found exactly (bit patterns).
@@ -172,10 +200,7 @@ def _input_kernel(nngp, variances, x1, x2, same_inputs, with_ntk, twins, spatial
     else:
         var2 = variances(x2)
     if twins is not None:
-        trailing = (1,) * (nngp.ndim - 2)
-        pairs = (twins.group1[:, None] == twins.group2[None, :]) & (twins.group1[:, None] >= 0)
-        signed = (twins.sign1[:, None] * twins.sign2[None, :]).reshape(*pairs.shape, *trailing) * var1[:, None]
-        nngp = torch.where(pairs.reshape(*pairs.shape, *trailing), signed, nngp)
+        nngp = twins.exact(nngp, var1)
     return Kernel(
         nngp=nngp,
         ntk=torch.zeros_like(nngp) if with_ntk else None,

@@ -176,3 +176,73 @@ def conv_padded_planes(padded: torch.Tensor, padded_ntk: torch.Tensor | None, ou
     shape = (*batch, out_h, out_w, out_h, out_w)
     return out.reshape(shape), None if padded_ntk is None else out_ntk.reshape(shape)
 
+
+
+
+def _tap_tables(taps: list):
+    """Per-axis (source, target, count) lists as (T, 3) int64 arrays."""
+    import numpy as np
+
+    return [np.array(axis_taps, dtype=np.int64).reshape(-1, 3) for axis_taps in taps]
+
+
+def conv_variances(variances: torch.Tensor, taps: list, strides: tuple, out_size: tuple, window: int, w2: float,
+                   b2: float | None, ntk_parameterization: bool, fan_in: int) -> torch.Tensor:
+    """A 2-D ``Conv``'s output variance at each position (N, H', W') from the input variances
+    (N, H, W), prepared like the pairs' inputs; see ``conv.conv_variances``."""
+    from . import conv
+
+    out = torch.empty((variances.shape[0], *out_size), dtype=variances.dtype)
+    taps_h, taps_w = _tap_tables(taps)
+    conv.conv_variances(_array(variances), taps_h, taps_w, strides[0], strides[1], out.numpy(), float(window), w2,
+                        0.0 if b2 is None else b2, b2 is not None, ntk_parameterization, float(fan_in))
+    return out
+
+
+def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, pairs: tuple, variances: tuple,
+                   relu: tuple, pool: dict, blocks: int, zero_ntk: bool = False,
+                   in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A 2-D ``Conv``, an ``ABReLU`` and a window pooling (or none) in one pass over a block of
+    pairs ``src`` (A, H, W, H, W), prepared for ``conv.conv_plane``; see
+    :mod:`ntkit._compiled.fused`.
+
+    ``conv``: ``taps``, ``strides``, ``layout`` (of ``conv.conv_plane``: "taps", "padded" or
+    "identity"), ``out_size`` (H', W'),
+    ``window``, ``w2``, ``b2`` (None: no bias), ``ntk_parameterization``, ``fan_in``.
+    ``pairs``: ``(source, first, second, same, place, mirror)`` of the pairs to compute (see
+    :mod:`ntkit._compiled.fused`), ``first`` and ``second`` their examples' rows of ``variances``
+    ``(var1, var2)``, the Conv outputs' variances (N, H' W'). ``relu``: ``(a, b)``. ``blocks``:
+    the number of pairs of the output.
+    ``pool``: ``taps``, ``strides``, ``out_size`` (Y_h, Y_w) and ``scale`` (the squared
+    pooling scale). Returns the pooled K and Theta (None without ``src_ntk``), (A, Y_h, Y_w,
+    Y_h, Y_w). ``zero_ntk``: the input NTK is zero (``src_ntk`` None), the output's is wanted.
+    ``in_place``: K is written over ``src`` (a contiguous temporary of the caller's, with the
+    "identity" layout, no pooling and each pair written once: a plane is read whole before it is
+    written), which saves a fresh block of memory."""
+    from . import fused
+    from .conv import IDENTITY, PADDED, TAPS
+    from .relu import roots
+
+    a, b = relu
+    shape = (blocks, *pool["out_size"], *pool["out_size"])
+    out = src.view(shape) if in_place else torch.empty(shape, dtype=src.dtype)
+    with_ntk = src_ntk is not None or zero_ntk
+    out_ntk = torch.empty_like(out) if with_ntk else out.new_empty((0, 0, 0, 0, 0))
+    source_ntk = _array(src_ntk) if src_ntk is not None else out.new_empty((0, 0, 0, 0, 0)).numpy()
+    taps_h, taps_w = _tap_tables(conv["taps"])
+    layout = {"taps": TAPS, "padded": PADDED, "identity": IDENTITY}[conv["layout"]]
+    pool_h, pool_w = _tap_tables(pool["taps"])
+    (var1, std1, inv1), (var2, std2, inv2) = ((v, *roots(v)) for v in (_array(t) for t in variances))
+    source, first, second, same, place, mirror = (_array(t) for t in pairs)
+    conv_h, conv_w = conv["out_size"]
+    b2 = conv["b2"]
+    planes = len(source) * pool["out_size"][0] * pool["out_size"][1]
+    run_rows(
+        fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, conv["strides"][0], conv["strides"][1],
+        layout, conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2, b2 is not None,
+        conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place, mirror, var1, std1,
+        inv1, var2, std2, inv2,
+        (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi), pool_h, pool_w, pool["strides"][0], pool["strides"][1],
+        float(pool["scale"]), out.numpy(), out_ntk.numpy(), cost=conv_h * conv_w * 16,
+    )
+    return out, out_ntk if with_ntk else None

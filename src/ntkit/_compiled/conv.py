@@ -121,8 +121,9 @@ def _plane_bases(shape, taps_h, taps_w, a, y_h, y_w, bases):
 @jit(inline="always", fastmath=False)
 def _sum_plane(src, shape, acc, bases, taps_h, taps_w, a, y_h, y_w, inner_lo, inner_hi):
     """A whole plane's window sums into ``acc`` (H' W'): the rows that all height taps reach as one
-    run of nine-load sums over the flattened rows (entries past a row's inner ones, where the
-    run wraps into the next row, are then redone tap by tap), the other rows row by row."""
+    run of nine-load sums over the flattened rows; the entries that some tap misses (the other
+    rows, and the inner rows' edge columns, where the run wrapped into the next row) are then
+    zeroed and summed tap by tap, each tap in one pass over the entries it reaches."""
     _, height, width, _, _ = shape
     row_lo = max(taps_h[0, 1], max(taps_h[1, 1], taps_h[2, 1]))
     row_hi = min(taps_h[0, 1] + taps_h[0, 2], min(taps_h[1, 1] + taps_h[1, 2], taps_h[2, 1] + taps_h[2, 2]))
@@ -131,16 +132,23 @@ def _sum_plane(src, shape, acc, bases, taps_h, taps_w, a, y_h, y_w, inner_lo, in
         acc[k] = (((((((src[b0 + k] + src[b1 + k]) + src[b2 + k]) + src[b3 + k]) + src[b4 + k]) + src[b5 + k])
                    + src[b6 + k]) + src[b7 + k]) + src[b8 + k]
     for y_hp in range(height):
-        # inner rows: only their edge entries; the other rows: every entry
-        skip_lo, skip_hi = (inner_lo, inner_hi) if row_lo <= y_hp < row_hi else (width, width)
-        for edge in range(width - (skip_hi - skip_lo)):
-            e = edge if edge < skip_lo else skip_hi + edge - skip_lo
-            total = 0.0
-            for t in range(9):
-                jh, jw = t // 3, t % 3
-                if taps_h[jh, 1] <= y_hp < taps_h[jh, 1] + taps_h[jh, 2] and taps_w[jw, 1] <= e < taps_w[jw, 1] + taps_w[jw, 2]:
-                    total += src[bases[t] + uint64(y_hp * width + e)]
-            acc[y_hp * width + e] = total
+        inner_row = row_lo <= y_hp < row_hi
+        for e in range(width):
+            if not inner_row or e < inner_lo or e >= inner_hi:
+                acc[y_hp * width + e] = 0.0
+    for t in range(9):
+        jh, jw = t // 3, t % 3
+        col_lo, col_hi = taps_w[jw, 1], taps_w[jw, 1] + taps_w[jw, 2]
+        for y_hp in range(taps_h[jh, 1], taps_h[jh, 1] + taps_h[jh, 2]):
+            row = uint64(y_hp * width)
+            if row_lo <= y_hp < row_hi:  # an inner row: its edge columns only
+                for e in range(col_lo, min(col_hi, inner_lo)):
+                    acc[row + e] += src[bases[t] + row + e]
+                for e in range(max(col_lo, inner_hi), col_hi):
+                    acc[row + e] += src[bases[t] + row + e]
+            else:
+                for e in range(uint64(col_lo), uint64(col_hi)):
+                    acc[row + e] += src[bases[t] + row + e]
 
 
 @jit(inline="always", fastmath=False)
@@ -232,3 +240,92 @@ def conv_padded_planes(start, stop, padded, padded_ntk, out, out_ntk, window, w2
             _write_row(acc[y_hp * wp : y_hp * wp + out_w], acc_ntk[y_hp * wp : y_hp * wp + out_w] if with_ntk else acc_ntk,
                        target, target_ntk, uint64((plane * out_h + y_hp) * out_w), out_w, with_ntk, window, w2, b2,
                        with_bias, ntk_parameterization, fan_in)
+
+
+@jit(inline="always", fastmath=False)
+def conv_plane(flat, flat_ntk, shape, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w,
+               plane, plane_ntk, bases, scratch, window, w2, b2, with_bias, ntk_parameterization, fan_in):
+    """K' (and Theta' unless ``plane_ntk`` is empty) of one output plane (a, y_h, y_w) into ``plane``
+    and ``plane_ntk`` (H' W' entries), by the operations of ``conv_kernels``: for the fused maps of
+    :mod:`ntkit._compiled.fused`. ``flat``, ``flat_ntk``: the input block of ``shape`` (A, H, W,
+    H, W), flattened. ``layout``: ``TAPS`` (``taps_h``, ``taps_w`` as in ``conv_kernels``),
+    ``PADDED`` (3x3, unit strides, inputs padded on the four position axes: the additions of
+    ``conv_padded_planes``) or ``IDENTITY`` (the input holds the window sums already, as one tap
+    would). ``zero_ntk``: the input NTK is zero (a network's first layer) and ``flat_ntk`` empty.
+    ``bases`` (9 entries) and ``scratch`` (the padded run, at least W') are scratch."""
+    with_ntk = plane_ntk.size > 0
+    _plane_sums(flat, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w, plane, bases, scratch)
+    if zero_ntk:
+        plane_ntk[:] = 0.0
+    elif with_ntk:
+        _plane_sums(flat_ntk, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w, plane_ntk,
+                    bases, scratch)
+    _write_row(plane, plane_ntk, plane, plane_ntk, uint64(0), out_h * out_w, with_ntk, window, w2, b2, with_bias,
+               ntk_parameterization, fan_in)
+
+
+TAPS, PADDED, IDENTITY = 0, 1, 2
+
+
+@jit(inline="always", fastmath=False)
+def _plane_sums(flat, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w, plane, bases,
+                scratch):
+    """The window sums of plane (a, y_h, y_w) into ``plane``: the additions of ``conv_kernels`` (or
+    of ``conv_padded_planes``), in their order."""
+    _, height, width, _, _ = shape
+    if layout == IDENTITY:
+        origin = uint64(((a * height + y_h) * width + y_w) * height * width)
+        for k in range(uint64(height * width)):
+            plane[k] = flat[origin + k]
+        return
+    if layout == PADDED:
+        for jh in range(3):
+            for jw in range(3):
+                bases[3 * jh + jw] = uint64(((a * height + y_h + jh) * width + y_w + jw) * height * width + jh * width + jw)
+        b0, b1, b2, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
+        b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
+        for k in range(uint64((out_h - 1) * width + out_w)):
+            scratch[k] = (((((((flat[b0 + k] + flat[b1 + k]) + flat[b2 + k]) + flat[b3 + k]) + flat[b4 + k])
+                            + flat[b5 + k]) + flat[b6 + k]) + flat[b7 + k]) + flat[b8 + k]
+        for y_hp in range(out_h):
+            for e in range(out_w):
+                plane[y_hp * out_w + e] = scratch[y_hp * width + e]
+        return
+    three = taps_h.shape[0] == 3 and taps_w.shape[0] == 3 and stride_h == 1 and stride_w == 1
+    inner_lo = max(taps_w[0, 1], max(taps_w[1, 1], taps_w[2, 1])) if three else 0
+    inner_hi = min(taps_w[0, 1] + taps_w[0, 2], min(taps_w[1, 1] + taps_w[1, 2], taps_w[2, 1] + taps_w[2, 2])) if three else 0
+    if three and out_h == height and out_w == width and _plane_bases(shape, taps_h, taps_w, a, y_h, y_w, bases):
+        _sum_plane(flat, shape, plane, bases, taps_h, taps_w, a, y_h, y_w, inner_lo, inner_hi)
+        return
+    for y_hp in range(out_h):
+        row = plane[y_hp * out_w : (y_hp + 1) * out_w]
+        if three and _nine_taps(shape, taps_h, taps_w, a, y_h, y_w, y_hp, bases):
+            _sum_nine(flat, row, bases, taps_w, inner_lo, inner_hi)
+        else:
+            _sum_taps(flat, shape, row, taps_h, taps_w, stride_h, stride_w, a, y_h, y_w, y_hp)
+
+
+@jit(fastmath=False)
+def conv_variances(variances, taps_h, taps_w, stride_h, stride_w, out, window, w2, b2, with_bias, ntk_parameterization,
+                   fan_in):
+    """``out`` (N, H', W'): the output variance at each position, from the input variances
+    ``variances`` (N, H, W), padded as the pairs' inputs are (for the padded path, with the taps
+    ``(j, 0, H')``). The taps are added in the order of ``conv_plane``, from zero, and a skipped
+    tap (or a padded zero) changes no sum, so an entry equals the plane's (p, p) entry of an
+    example paired with itself (or with its twin) bit for bit."""
+    n, out_h, out_w = out.shape
+    for i in range(n):
+        for y_h in range(out_h):
+            for y_w in range(out_w):
+                total = 0.0
+                for jh in range(taps_h.shape[0]):
+                    u = y_h - taps_h[jh, 1]
+                    if u < 0 or u >= taps_h[jh, 2]:
+                        continue
+                    x_h = taps_h[jh, 0] + stride_h * u
+                    for jw in range(taps_w.shape[0]):
+                        v = y_w - taps_w[jw, 1]
+                        if v < 0 or v >= taps_w[jw, 2]:
+                            continue
+                        total += variances[i, x_h, taps_w[jw, 0] + stride_w * v]
+                out[i, y_h, y_w] = affine_entry(total, 0.0, window, w2, b2, with_bias, ntk_parameterization, fan_in, False)[0]

@@ -98,14 +98,36 @@ def relu_duals(start, stop, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, 
                 out_row[q] = _entry(k_row[q], v, v2[q], s, s2[q], r, r2[q], unit, mean_square, kink)[0]
 
 
+@jit
+def relu_plane(plane, plane_ntk, v1, s1, r1, var2, std2, inv2, j, unit_at, mean_square, kink):
+    """The duals in place over one plane of covariances of a position of the first example
+    (variance ``v1``, its root ``s1`` and inverse ``r1``) with the positions q of the second
+    (row ``j`` of ``var2``, ``std2``, ``inv2``): K' over ``plane``, Theta' = Kdot Theta over
+    ``plane_ntk`` (empty: no NTK). ``unit_at``: the q that pairs a unit with itself, or -1. The
+    entries of ``relu_duals``, for the fused maps of :mod:`ntkit._compiled.fused`."""
+    if plane_ntk.size > 0:
+        for q in range(plane.size):
+            plane[q], kdot = _entry(plane[q], v1, var2[j, q], s1, std2[j, q], r1, inv2[j, q], q == unit_at, mean_square, kink)
+            plane_ntk[q] = kdot * plane_ntk[q]
+    else:
+        for q in range(plane.size):
+            plane[q] = _entry(plane[q], v1, var2[j, q], s1, std2[j, q], r1, inv2[j, q], q == unit_at, mean_square, kink)[0]
+
+
+def roots(var):
+    """The square roots of variances and their inverses (infinite for a zero variance, whose
+    correlations ``_entry`` sets to 0)."""
+    std = np.sqrt(var)
+    with np.errstate(divide="ignore"):
+        return std, 1.0 / std
+
+
 def run(cov, ntk, var1, var2, mode: int, exact: bool, a: float, b: float):
     """K' and Theta' (or an empty array) as new arrays, for NumPy arrays laid out as above."""
     out = np.empty_like(cov)
     out_ntk = np.empty_like(cov) if ntk is not None else np.empty((0, 0, 0, 0), cov.dtype)
     ntk = ntk if ntk is not None else out_ntk
-    std1, std2 = np.sqrt(var1), np.sqrt(var2)
-    with np.errstate(divide="ignore"):  # a zero variance: its correlations are set to 0
-        inv1, inv2 = 1.0 / std1, 1.0 / std2
+    (std1, inv1), (std2, inv2) = roots(var1), roots(var2)
     b1, b2, rows, cols = cov.shape
     run_rows(
         relu_duals, b1 * b2 * rows, cov, ntk, var1, var2, std1, std2, inv1, inv2, mode, exact,

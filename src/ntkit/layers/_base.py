@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._errors import NtkitError, located
+from .._inputs import Inputs
 from ..kernel import Kernel
 
 #: What flows between layers in kernel space: one Kernel, or one per branch after ``FanOut``.
@@ -126,12 +127,18 @@ class Layer(nn.Module):
         finally:
             _IN_FORWARD.reset(token)
 
-    def _located_kernel_map(self, k: Kernels) -> Kernels:
-        """``kernel_map`` with errors prefixed by this layer's name (for top-level calls)."""
+    def map_inputs(self, inputs: Inputs) -> Kernels:
+        """The kernel of this layer's outputs when it is the network's first layer:
+        ``kernel_map(inputs.kernel())``. A layer whose outputs' kernel is cheaper to compute from
+        the raw inputs than from their kernel overrides it (``Conv``)."""
+        return self.kernel_map(inputs.kernel())
+
+    def _located_map_inputs(self, inputs: Inputs) -> Kernels:
+        """``map_inputs`` with errors prefixed by this layer's name (for top-level calls)."""
         if self._names_children:
-            return self.kernel_map(k)
+            return self.map_inputs(inputs)
         with located(self.name):
-            return self.kernel_map(k)
+            return self.map_inputs(inputs)
 
 
 def single(k: Kernels, layer: str) -> Kernel:

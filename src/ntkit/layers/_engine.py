@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._errors import NtkitError
-from .._inputs import check_inputs, find_twins, input_kernel
+from .._inputs import Inputs, check_inputs, find_twins
 from ..kernel import Kernel
 from ._base import Layer
 from ._memory import LIVE_BLOCK_TENSORS, check_pair_fits, check_result_fits, memory_budget
@@ -108,7 +108,7 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
     def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> tuple[list[Kernel], bool]:
         """The network's output Kernels on one block, as a list, and whether it has one output."""
         block_twins = None if twins is None else twins.block(rows, cols)
-        k_out = layer._located_kernel_map(input_kernel(x1[rows], x2[cols], on_diagonal, with_ntk, block_twins, layout))
+        k_out = layer._located_map_inputs(Inputs(x1[rows], x2[cols], on_diagonal, with_ntk, block_twins, layout))
         parts = [k_out] if isinstance(k_out, Kernel) else list(k_out)
         if any(part.diagonal and part.spatial_ndim for part in parts):
             raise _EndsOnImages

@@ -193,16 +193,33 @@ def set_self(nngp: torch.Tensor, var: torch.Tensor) -> None:
     nngp[index, index] = var
 
 
+def output_variances(k, nngp: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The variances of a layer's outputs, whose covariances are ``nngp``, with ``nngp[i, i]``
+    exactly the variances in a same-inputs block.
+
+    ``fn`` maps the input variances (self-covariances for images) by the same operations as the
+    layer's map of a pair, so that ``fn(var1)[i]`` is what ``nngp[i, i]`` holds. In a
+    same-inputs block of images in the full layout the variances are therefore copied from
+    ``nngp``'s self-pairs: computing them again would cost as much as N more pairs of images.
+    Elsewhere ``fn`` computes them (vectors and the diagonal layout: cheap) and, in a
+    same-inputs block, they are written into ``nngp``'s self-pairs."""
+    if k.same_inputs and k.spatial_ndim and not k.diagonal:
+        var = nngp.diagonal(0, 0, 1).movedim(-1, 0).contiguous()
+        return var, var
+    var1, var2 = k.map_variances(fn)
+    if k.same_inputs:
+        set_self(nngp, var1)
+    return var1, var2
+
+
 def linear_map(k, fn, **changes):
     """The Kernel after a parameter-free linear map of the positions (pooling, Flatten).
 
     ``fn(t, first)`` maps one statistic whose position axes start at axis ``first`` (2 for
     ``nngp`` and ``ntk``, 1 for the self-covariances); the same map serves all four, and the
     self-pairs of a same-inputs block stay exactly the variances."""
-    var1, var2 = k.map_variances(lambda v: fn(v, 1))
     nngp = fn(k.nngp, 2)
-    if k.same_inputs:
-        set_self(nngp, var1)
+    var1, var2 = output_variances(k, nngp, lambda v: fn(v, 1))
     ntk = None if k.ntk is None else fn(k.ntk, 2)
     return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, **changes)
 

@@ -7,7 +7,7 @@ import torch
 from ..kernel import Kernel
 from ._base import Kernels, Layer, require_gaussian, single
 from ._gaussian import GaussianPair
-from ._spatial import set_self
+from ._spatial import output_variances
 
 
 class Activation(Layer):
@@ -45,9 +45,7 @@ class Activation(Layer):
         require_gaussian(k, self.name)
         nngp, ntk = self.duals(GaussianPair.of_kernel(k), k.ntk)
         n = 0 if k.diagonal else k.spatial_ndim  # diagonal layout: variances only, as vectors
-        var1, var2 = k.map_variances(self._variance if n == 0 else lambda v: self._covariance(v, n))
-        if k.same_inputs:  # keep the diagonal exactly the variances, as every layer does
-            set_self(nngp, var1)
+        var1, var2 = output_variances(k, nngp, self._variance if n == 0 else lambda v: self._covariance(v, n))
         return k.replace(
             nngp=nngp,
             ntk=ntk,

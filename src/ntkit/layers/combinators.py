@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from .._errors import NtkitError, located
+from .._inputs import Inputs
 from ..kernel import Kernel
 from ._base import Kernels, Layer, branches, single
+from ._fusion import fused_inputs_map, fused_map
 
 
 class Serial(Layer):
@@ -36,9 +38,32 @@ class Serial(Layer):
         return x
 
     def kernel_map(self, k: Kernels) -> Kernels:
-        for index, layer in enumerate(self.layers):
+        return self._map_from(0, k)
+
+    def map_inputs(self, inputs: Inputs) -> Kernels:
+        """The first layer maps the raw inputs (see ``Layer.map_inputs``; a fused run of layers
+        starting with a Conv, ``_fusion``), the others its kernel."""
+        fused = fused_inputs_map(self.layers, inputs)
+        if fused is not None:
+            return self._map_from(fused[1], fused[0])
+        with located(f"serial[0] ({self.layers[0].name})"):
+            k = self.layers[0].map_inputs(inputs)
+        return self._map_from(1, k)
+
+    def _map_from(self, start: int, k: Kernels) -> Kernels:
+        """The layers from ``start`` on; runs of layers that can share one pass over the block
+        (a Conv, its ReLU and a pooling: ``_fusion``) take it."""
+        index = start
+        while index < len(self.layers):
+            fused = fused_map(self.layers, index, k)
+            if fused is not None:
+                k, count = fused
+                index += count
+                continue
+            layer = self.layers[index]
             with located(f"serial[{index}] ({layer.name})"):
                 k = layer.kernel_map(k)
+            index += 1
         return k
 
     def __getitem__(self, index: int) -> Layer:

@@ -11,10 +11,11 @@ from torch.nn.parameter import UninitializedParameter
 
 from .. import _compiled
 from .._errors import NtkitError
+from .._inputs import Inputs
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import (
-    as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, pad_axis, set_self, window_sum,
+    as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, output_variances, pad_axis, window_sum,
 )
 from .dense import affine_kernels, check_parameterization, check_std, draw_parameters, scaled_parameters
 
@@ -131,13 +132,13 @@ class Conv(LazyModuleMixin, Layer):
             feature_shape[1:], self.filter_shape, self.strides, self.padding, window, nhwc_hint(feature_shape)
         )
 
-    def _check_kernel_input(self, k: Kernel) -> list[tuple[int, int, int]]:
+    def _check_kernel_input(self, feature_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
         """``_check_features`` for the kernel face, and the channels it was built for."""
-        geom = self._check_features(k.feature_shape)
-        if self.in_channels and k.feature_shape[0] != self.in_channels:
+        geom = self._check_features(feature_shape)
+        if self.in_channels and feature_shape[0] != self.in_channels:
             raise NtkitError(
-                f"its input has {k.feature_shape[0]} channels, but it was built for {self.in_channels}"
-                f"{nhwc_hint(k.feature_shape)}"
+                f"its input has {feature_shape[0]} channels, but it was built for {self.in_channels}"
+                f"{nhwc_hint(feature_shape)}"
             )
         return geom
 
@@ -175,7 +176,7 @@ class Conv(LazyModuleMixin, Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Conv")
-        geom = self._check_kernel_input(k)
+        geom = self._check_kernel_input(k.feature_shape)
         n = len(self.filter_shape)
         window = math.prod(self.filter_shape)
 
@@ -196,15 +197,13 @@ class Conv(LazyModuleMixin, Layer):
         fan_in = k.feature_shape[0] * window
         if self._fused(k):
             nngp, ntk = self._fused_map(k.nngp, k.ntk, geom, fan_in)
-            var1, var2 = k.map_variances(lambda v: self._fused_map(v, None, geom, fan_in)[0])
+            var1, var2 = output_variances(k, nngp, lambda v: self._fused_map(v, None, geom, fan_in)[0])
         else:
             nngp, ntk = affine_kernels(
                 summed(k.nngp, 2), None if k.ntk is None else summed(k.ntk, 2), self.W_std, self.b_std,
                 self.parameterization, fan_in, window, fresh=True,
             )
-            var1, var2 = k.map_variances(lambda v: self._affine(summed(v, 1), window, fresh=True))
-        if k.same_inputs:
-            set_self(nngp, var1)
+            var1, var2 = output_variances(k, nngp, lambda v: self._affine(summed(v, 1), window, fresh=True))
         return k.replace(
             nngp=nngp,
             ntk=ntk,
@@ -213,6 +212,79 @@ class Conv(LazyModuleMixin, Layer):
             feature_shape=(self.out_channels,) + tuple(g[0] for g in geom),
             is_gaussian=True,
         )
+
+    def map_inputs(self, inputs: Inputs) -> Kernels:
+        """The kernel of a first ``Conv`` from its inputs' patches, in the full layout.
+
+        There :math:`|k|\\, \\mathcal A K` of the inputs' kernel is a dot product of patches,
+        :math:`\\sum_{c, t} x_c(s p + t)\\, x'_c(s p' + t) / C` (the filter's window at each output
+        position, over all channels): matrix products of patches instead of the inputs' kernel
+        and its window sums, about ten times fewer operations on 3-channel images. The
+        self-covariances are the block's own self-pairs when ``x2`` is ``x1``, twins get exactly
+        +-variance (as in ``input_kernel``), and the affine map is the one of ``kernel_map``. In the diagonal layout (cheap already), and for a subclass with its own
+        kernel map (``ConvLocal``), ``Layer.map_inputs``."""
+        x1 = inputs.x1
+        own_map = type(self).kernel_map is Conv.kernel_map
+        if not own_map or inputs.spatial_layout != "full" or x1.ndim != len(self.filter_shape) + 2:
+            return super().map_inputs(inputs)
+        geom = self._check_kernel_input(tuple(x1.shape[1:]))
+        window, channels = math.prod(self.filter_shape), x1.shape[1]
+        summed, self1, self2 = self.patch_sums(inputs, geom)
+        fan_in = channels * window
+        ntk = None
+        if inputs.with_ntk and self.parameterization == "standard":
+            # the map of kernel_map with a zero input NTK: 0 w2 + n mean (+ 1), the same numbers
+            ntk = (summed / window).mul_(fan_in)
+            if self.b_std is not None:
+                ntk += 1.0
+        nngp = affine_kernels(summed, None, self.W_std, self.b_std, self.parameterization, fan_in, window, fresh=True)[0]
+        if inputs.with_ntk and self.parameterization == "ntk":
+            ntk = nngp.clone()  # 0 w2 + K'
+        if inputs.same_inputs:
+            var1 = var2 = nngp.diagonal(0, 0, 1).movedim(-1, 0).contiguous()
+        else:
+            var1, var2 = (self._affine(v, window, fresh=True) for v in (self1, self2))
+        return Kernel(
+            nngp=nngp,
+            ntk=ntk,
+            var1=var1,
+            var2=var2,
+            feature_shape=(self.out_channels, *(g[0] for g in geom)),
+            same_inputs=inputs.same_inputs,
+            is_gaussian=True,
+        )
+
+    def patch_sums(self, inputs: Inputs, geom) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:math:`|k|\\, \\mathcal A K` of the inputs' kernel from their patches (see ``map_inputs``):
+        for the pairs (N1, N2, *S', *S'), twins exactly +-variance, and, unless ``x2`` is ``x1``
+        (then they are the pairs' self-pairs), for each batch's examples with themselves
+        (N, *S', *S')."""
+        x1, x2 = inputs.x1, inputs.x2
+        channels, out_spatial = x1.shape[1], tuple(g[0] for g in geom)
+        patches1 = self._patches(x1, geom)
+        patches2 = patches1 if inputs.same_inputs else self._patches(x2, geom)
+        summed = _gram(patches1, patches2).div_(channels).reshape(x1.shape[0], x2.shape[0], *out_spatial, *out_spatial)
+        self1 = self2 = None
+        if not inputs.same_inputs:
+            self1, self2 = (
+                torch.bmm(p, p.transpose(1, 2)).div_(channels).reshape(p.shape[0], *out_spatial, *out_spatial)
+                for p in (patches1, patches2)
+            )
+        if inputs.twins is not None:
+            first = summed.diagonal(0, 0, 1).movedim(-1, 0) if inputs.same_inputs else self1
+            summed = inputs.twins.exact(summed, first.clone())
+        return summed, self1, self2
+
+    def _patches(self, x: torch.Tensor, geom) -> torch.Tensor:
+        """(N, P', C |k|): the (padded) inputs under the filter at each of the P' output positions,
+        as the finite face's convolution reads them."""
+        n = len(self.filter_shape)
+        for d, (_, lo, hi) in enumerate(geom):
+            x = pad_axis(x, 2 + d, lo, hi, self.padding)
+        for d, (size, stride) in enumerate(zip(self.filter_shape, self.strides)):
+            x = x.unfold(2 + d, size, stride)  # (N, C, *S', *k) once all axes are unfolded
+        order = [0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n)]
+        return x.permute(order).reshape(x.shape[0], math.prod(x.shape[2 : 2 + n]), -1)
 
     def _fused(self, k: Kernel) -> bool:
         """Whether the map runs as one compiled pass (``ntkit._compiled.conv``): 2-D images in
@@ -226,20 +298,35 @@ class Conv(LazyModuleMixin, Layer):
         with the taps skipped at the edges ("circular": from inputs padded periodically)."""
         b2 = None if self.b_std is None else self.b_std**2
         out_size = tuple(g[0] for g in geom)
-        if self.filter_shape == (3, 3) and self.strides == (1, 1) and math.prod(nngp.shape[-2:]) <= SMALL_PLANE:
-            nngp, ntk = (None if t is None else _padded(t, geom, self.padding) for t in (nngp, ntk))
+        prepare, taps, padded = self._compiled_source(tuple(nngp.shape[-2:]), geom)
+        nngp, ntk = (None if t is None else prepare(t) for t in (nngp, ntk))
+        if padded:
             return _compiled.conv_padded_planes(nngp, ntk, out_size, self.W_std**2, b2, self.parameterization == "ntk", fan_in)
-        if self.padding == "circular":
-            nngp, ntk = (None if t is None else _circular(t, geom) for t in (nngp, ntk))
-            geom = [(out, 0, 0) for out, _, _ in geom]
-        taps = [
-            [(source.start, target.start, target.stop - target.start) for source, target in filter_taps(size, w, s, g)]
-            for size, w, s, g in zip(nngp.shape[-2:], self.filter_shape, self.strides, geom)
-        ]
         return _compiled.conv_kernels(
             nngp, ntk, out_size, taps, self.strides, math.prod(self.filter_shape), self.W_std**2, b2,
             self.parameterization == "ntk", fan_in,
         )
+
+    def _compiled_source(self, spatial: tuple[int, int], geom):
+        """How the compiled map reads a (..., H, W, H, W) tensor: ``(prepare, taps, padded)``.
+
+        ``padded``: small images (at most ``SMALL_PLANE`` positions, 3x3 filters, unit strides),
+        which ``prepare`` pads on the four position axes (zeros, or periodically), every tap then
+        inside. Else ``taps`` holds, per axis, the (source, target, count) of each tap that
+        reaches the image, and ``prepare`` pads only "circular" inputs (periodically)."""
+        if self.filter_shape == (3, 3) and self.strides == (1, 1) and math.prod(spatial) <= SMALL_PLANE:
+            return (lambda t: _padded(t, geom, self.padding)), None, True
+        prepare = (lambda t: t)
+        if self.padding == "circular":
+            padding = geom
+            prepare = (lambda t: _circular(t, padding))
+            spatial = tuple(size + lo + hi for size, (_, lo, hi) in zip(spatial, geom))
+            geom = [(out, 0, 0) for out, _, _ in geom]
+        taps = [
+            [(source.start, target.start, target.stop - target.start) for source, target in filter_taps(size, w, s, g)]
+            for size, w, s, g in zip(spatial, self.filter_shape, self.strides, geom)
+        ]
+        return prepare, taps, False
 
     def _affine(self, var: torch.Tensor, window: int = 1, fresh: bool = False) -> torch.Tensor:
         """The output variances: the NNGP part of :func:`affine_kernels`, with the same operations
@@ -253,6 +340,24 @@ class Conv(LazyModuleMixin, Layer):
             f"padding={self.padding!r}, W_std={self.W_std:g}, b_std={bias}, "
             f"parameterization={self.parameterization!r}"
         )
+
+
+def _gram(patches1: torch.Tensor, patches2: torch.Tensor) -> torch.Tensor:
+    """(N1, N2, P, P): the dot products of every patch of every image of one batch with every
+    patch of every image of the other. Small images: one matrix product of all patches, then
+    reordered. Large ones (at least ``SMALL_PLANE`` positions): one product per pair of images,
+    written in place (the reordering copy would cost more than the products, which have only
+    C |k| columns)."""
+    n1, n2, positions = patches1.shape[0], patches2.shape[0], patches1.shape[1]
+    tracked = torch.is_grad_enabled() and (patches1.requires_grad or patches2.requires_grad)
+    if positions < SMALL_PLANE or tracked:  # out= does not support autograd
+        product = patches1.reshape(n1 * positions, -1) @ patches2.reshape(n2 * positions, -1).T
+        return product.reshape(n1, positions, n2, positions).transpose(1, 2).contiguous()
+    out = patches1.new_empty((n1, n2, positions, positions))
+    for i in range(n1):
+        for j in range(n2):
+            torch.mm(patches1[i], patches2[j].T, out=out[i, j])
+    return out
 
 
 def _padded(t: torch.Tensor, geom, padding: str) -> torch.Tensor:

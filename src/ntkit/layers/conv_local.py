@@ -158,7 +158,7 @@ class ConvLocal(Conv):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "ConvLocal")
-        geom = self._check_kernel_input(k)
+        geom = self._check_kernel_input(k.feature_shape)
         self._check_positions(k.feature_shape)
         n = len(self.filter_shape)
         spatial = tuple(k.feature_shape[1:])

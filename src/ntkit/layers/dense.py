@@ -13,6 +13,7 @@ from .. import _compiled
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
+from ._spatial import output_variances
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -198,7 +199,7 @@ class Dense(LazyModuleMixin, Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Dense")
         nngp, ntk = affine_kernels(k.nngp, k.ntk, self.W_std, self.b_std, self.parameterization, k.feature_shape[0])
-        var1, var2 = k.map_variances(lambda v: self._affine(v))
+        var1, var2 = output_variances(k, nngp, self._affine)
         return k.replace(
             nngp=nngp,
             ntk=ntk,

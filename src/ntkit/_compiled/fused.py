@@ -1,0 +1,109 @@
+"""A 2-D convolution, the ReLU-family activation after it and a window pooling after that, if
+any: their three kernel maps in one compiled pass.
+
+Apart, each map reads and writes the whole block of covariances (NNGP and NTK, all pairs of
+positions): on 32x32 images 16 MB per pair of images and layer, so that memory traffic, not
+arithmetic, sets their speed. Here the convolution's output is made one plane at a time (one
+position of the first image with every position of the second, H' W' entries that stay in
+cache, ``conv.conv_plane``), its duals are taken in place (``relu.relu_plane``) and the plane
+is summed into the pooled output plane it belongs to. Only the pooled planes are written.
+
+The convolution and the duals are the operations of the separate maps, entry by entry (the
+same compiled functions); the pooling adds the same terms in another order (the taps of the
+first image's window outside, of the second's inside), so the result equals the separate maps
+to round-off. Without pooling the "pool" is the window of one tap, and the result is the
+separate maps' to the last bit.
+
+Layout: the block ``src``, ``src_ntk`` (A, H, W, H, W) (laid out as ``conv.conv_plane`` reads
+it), output ``out``, ``out_ntk`` (A, Y_h, Y_w, Y_h, Y_w). The kernel computes the pairs listed:
+pair k reads ``src[source[k]]``, pairs example ``first[k]`` (its Conv outputs' variances are
+rows of ``var1``) with ``second[k]`` (rows of ``var2``), an example with itself when
+``same[k]``, and is written to ``out[place[k]]`` and, transposed, to ``out[mirror[k]]`` unless
+that is -1: in a block of an example batch with itself, (j, i) is (i, j) transposed, and only
+the pairs i <= j are computed. Pooling taps per axis are (source, target, count) tables, as for
+``conv``; ``scale`` is the squared pooling scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import uint64
+
+from ._jit import jit
+from .conv import conv_plane
+from .relu import relu_plane
+
+
+@jit(fastmath=False)
+def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, conv_h, conv_w,
+                   window, w2, b2, with_bias, ntk_parameterization, fan_in, source, first, second, same, place, mirror,
+                   var1, std1, inv1, var2, std2, inv2, mean_square, kink, pool_h, pool_w, pool_stride_h, pool_stride_w,
+                   scale, out, out_ntk):
+    """The output planes ``[start, stop)`` (of P Y_h Y_w, for the P pairs listed) in ``out`` (and
+    ``out_ntk`` unless it is empty; ``zero_ntk``: from a zero input NTK, ``src_ntk`` empty):
+    module doc."""
+    _, out_h, out_w, _, _ = out.shape
+    with_ntk = out_ntk.size > 0
+    positions = conv_h * conv_w
+    plane = np.empty(positions, src.dtype)
+    plane_ntk = np.empty(positions if with_ntk else 0, src.dtype)
+    bases = np.empty(9, np.uint64)
+    scratch = np.empty(max(conv_w, (conv_h - 1) * src.shape[2] + conv_w), src.dtype)
+    target, target_ntk = out.reshape(-1), out_ntk.reshape(-1)
+    flat, flat_ntk, shape = src.reshape(-1), src_ntk.reshape(-1), src.shape
+    pooled = out_h * out_w
+    total = np.empty(pooled, src.dtype)
+    total_ntk = np.empty(pooled if with_ntk else 0, src.dtype)
+    for index in range(start, stop):
+        pair, p_h, p_w = index // pooled, (index // out_w) % out_h, index % out_w
+        a, i, j = source[pair], first[pair], second[pair]
+        total[:] = 0.0
+        total_ntk[:] = 0.0
+        for th in range(pool_h.shape[0]):
+            u = p_h - pool_h[th, 1]
+            if u < 0 or u >= pool_h[th, 2]:
+                continue
+            y_h = pool_h[th, 0] + pool_stride_h * u
+            for tw in range(pool_w.shape[0]):
+                v = p_w - pool_w[tw, 1]
+                if v < 0 or v >= pool_w[tw, 2]:
+                    continue
+                y_w = pool_w[tw, 0] + pool_stride_w * v
+                conv_plane(flat, flat_ntk, shape, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w,
+                           conv_h, conv_w, plane, plane_ntk, bases, scratch, window, w2, b2, with_bias,
+                           ntk_parameterization, fan_in)
+                y = y_h * conv_w + y_w
+                relu_plane(plane, plane_ntk, var1[i, y], std1[i, y], inv1[i, y], var2, std2, inv2, j,
+                           y if same[pair] else -1, mean_square, kink)
+                _pool_plane(plane, total, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool_stride_w)
+                if with_ntk:
+                    _pool_plane(plane_ntk, total_ntk, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool_stride_w)
+        p = p_h * out_w + p_w
+        origin = uint64((place[pair] * pooled + p) * pooled)
+        for e in range(pooled):
+            total[e] *= scale
+            target[origin + e] = total[e]
+        if with_ntk:
+            for e in range(pooled):
+                total_ntk[e] *= scale
+                target_ntk[origin + e] = total_ntk[e]
+        if mirror[pair] >= 0:  # the pair (j, i): the transposed planes
+            transposed = uint64(mirror[pair] * pooled * pooled + p)
+            for e in range(pooled):
+                target[transposed + uint64(e * pooled)] = total[e]
+                if with_ntk:
+                    target_ntk[transposed + uint64(e * pooled)] = total_ntk[e]
+
+
+@jit(inline="always", fastmath=False)
+def _pool_plane(plane, total, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool_stride_w):
+    """``total[q]`` (pooled positions of the second example) += the window sums of ``plane``."""
+    for th in range(pool_h.shape[0]):
+        source_h, target_h, count_h = pool_h[th, 0], pool_h[th, 1], pool_h[th, 2]
+        for tw in range(pool_w.shape[0]):
+            source_w, target_w, count_w = pool_w[tw, 0], pool_w[tw, 1], pool_w[tw, 2]
+            for u in range(count_h):
+                row_in = (source_h + pool_stride_h * u) * conv_w + source_w
+                row_out = (target_h + u) * out_w + target_w
+                for v in range(count_w):
+                    total[row_out + v] += plane[row_in + pool_stride_w * v]
