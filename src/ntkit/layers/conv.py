@@ -344,13 +344,13 @@ class Conv(LazyModuleMixin, Layer):
 
 def _gram(patches1: torch.Tensor, patches2: torch.Tensor) -> torch.Tensor:
     """(N1, N2, P, P): the dot products of every patch of every image of one batch with every
-    patch of every image of the other. Small images: one matrix product of all patches, then
-    reordered. Large ones (at least ``SMALL_PLANE`` positions): one product per pair of images,
-    written in place (the reordering copy would cost more than the products, which have only
-    C |k| columns)."""
+    patch of every image of the other. Small images, GPUs and autograd: one matrix product of
+    all patches, then reordered. Large images on the CPU (at least ``SMALL_PLANE`` positions):
+    one product per pair of images, written in place (there the reordering copy would cost more
+    than the products, which have only C |k| columns)."""
     n1, n2, positions = patches1.shape[0], patches2.shape[0], patches1.shape[1]
     tracked = torch.is_grad_enabled() and (patches1.requires_grad or patches2.requires_grad)
-    if positions < SMALL_PLANE or tracked:  # out= does not support autograd
+    if positions < SMALL_PLANE or tracked or patches1.device.type != "cpu":  # out= has no autograd
         product = patches1.reshape(n1 * positions, -1) @ patches2.reshape(n2 * positions, -1).T
         return product.reshape(n1, positions, n2, positions).transpose(1, 2).contiguous()
     out = patches1.new_empty((n1, n2, positions, positions))
@@ -365,7 +365,13 @@ def _padded(t: torch.Tensor, geom, padding: str) -> torch.Tensor:
     if padding == "circular":
         return _circular(t, geom)
     (_, lo_h, hi_h), (_, lo_w, hi_w) = geom
-    return nn.functional.pad(t, (lo_w, hi_w, lo_h, hi_h, lo_w, hi_w, lo_h, hi_h))
+    *batch, height, width, _, _ = t.shape
+    # zeros and a strided copy: about 3x faster than nn.functional.pad on these 4-axis pads
+    size = (height + lo_h + hi_h, width + lo_w + hi_w)
+    padded = t.new_zeros((*batch, *size, *size))
+    inside = (slice(lo_h, lo_h + height), slice(lo_w, lo_w + width))
+    padded[(..., *inside, *inside)] = t
+    return padded
 
 
 def _circular(t: torch.Tensor, geom) -> torch.Tensor:
