@@ -268,6 +268,14 @@ TAPS, PADDED, IDENTITY = 0, 1, 2
 
 
 @jit(inline="always", fastmath=False)
+def tap_source(taps, tap, y, stride):
+    """The input index that tap ``tap`` of a (source, target, count) table adds to output ``y``,
+    or -1 where it reaches none."""
+    u = y - taps[tap, 1]
+    return taps[tap, 0] + stride * u if 0 <= u < taps[tap, 2] else -1
+
+
+@jit(inline="always", fastmath=False)
 def _plane_sums(flat, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w, plane, bases,
                 scratch):
     """The window sums of plane (a, y_h, y_w) into ``plane``: the additions of ``conv_kernels`` (or
@@ -319,13 +327,9 @@ def conv_variances(variances, taps_h, taps_w, stride_h, stride_w, out, window, w
             for y_w in range(out_w):
                 total = 0.0
                 for jh in range(taps_h.shape[0]):
-                    u = y_h - taps_h[jh, 1]
-                    if u < 0 or u >= taps_h[jh, 2]:
-                        continue
-                    x_h = taps_h[jh, 0] + stride_h * u
+                    x_h = tap_source(taps_h, jh, y_h, stride_h)
                     for jw in range(taps_w.shape[0]):
-                        v = y_w - taps_w[jw, 1]
-                        if v < 0 or v >= taps_w[jw, 2]:
-                            continue
-                        total += variances[i, x_h, taps_w[jw, 0] + stride_w * v]
+                        x_w = tap_source(taps_w, jw, y_w, stride_w)
+                        if x_h >= 0 and x_w >= 0:
+                            total += variances[i, x_h, x_w]
                 out[i, y_h, y_w] = affine_entry(total, 0.0, window, w2, b2, with_bias, ntk_parameterization, fan_in, False)[0]

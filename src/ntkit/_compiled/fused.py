@@ -30,7 +30,7 @@ import numpy as np
 from numba import uint64
 
 from ._jit import jit
-from .conv import conv_plane
+from .conv import conv_plane, tap_source
 from .relu import relu_plane
 
 
@@ -60,15 +60,13 @@ def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h
         total[:] = 0.0
         total_ntk[:] = 0.0
         for th in range(pool_h.shape[0]):
-            u = p_h - pool_h[th, 1]
-            if u < 0 or u >= pool_h[th, 2]:
+            y_h = tap_source(pool_h, th, p_h, pool_stride_h)
+            if y_h < 0:
                 continue
-            y_h = pool_h[th, 0] + pool_stride_h * u
             for tw in range(pool_w.shape[0]):
-                v = p_w - pool_w[tw, 1]
-                if v < 0 or v >= pool_w[tw, 2]:
+                y_w = tap_source(pool_w, tw, p_w, pool_stride_w)
+                if y_w < 0:
                     continue
-                y_w = pool_w[tw, 0] + pool_stride_w * v
                 conv_plane(flat, flat_ntk, shape, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w,
                            conv_h, conv_w, plane, plane_ntk, bases, scratch, window, w2, b2, with_bias,
                            ntk_parameterization, fan_in)

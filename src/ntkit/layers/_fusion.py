@@ -193,6 +193,7 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
     d2 = d1 if same_inputs else conv_variances(var2)
     # x2 = x1: compute the pairs i <= j and write each also as (j, i), transposed; unless the
     # output planes are large, where the transposed writes, a page apart, cost more than the pair
+    # (and a transposing copy after the kernel about as much)
     mirror = same_inputs and math.prod(pool_spec["out_size"]) <= MIRRORED_POSITIONS
     # the patch products are the caller's temporary: K overwrites them, plane by plane
     in_place = spec["layout"] == "identity" and run.pool is None and not mirror and nngp.is_contiguous()
@@ -225,5 +226,4 @@ def _pairs(n1: int, n2: int, same_inputs: bool, mirror: bool) -> tuple[torch.Ten
         return source, first, second, same, source, torch.full_like(source, -1)
     upper = first <= second
     first, second, source = first[upper], second[upper], source[upper]
-    mirror = torch.where(first < second, second * n2 + first, -1)
-    return source, first, second, first == second, source, mirror
+    return source, first, second, first == second, source, torch.where(first < second, second * n2 + first, -1)
