@@ -136,8 +136,6 @@ def conv_kernels(nngp: torch.Tensor, ntk: torch.Tensor | None, out_size: tuple, 
     """A 2-D ``Conv``'s K' and Theta' (None without ``ntk``) on (..., H, W, H, W) tensors in one
     pass, ``out_size`` = (H', W'); ``taps`` holds a list of (source, target, count) per axis. See
     :mod:`ntkit._compiled.conv`."""
-    import numpy as np
-
     from . import conv
 
     *batch, height, width, _, _ = nngp.shape
@@ -146,7 +144,7 @@ def conv_kernels(nngp: torch.Tensor, ntk: torch.Tensor | None, out_size: tuple, 
     out = torch.empty((view[0], out_h, out_w, out_h, out_w), dtype=nngp.dtype)
     out_ntk = torch.empty_like(out) if ntk is not None else out.new_empty((0, 0, 0, 0, 0))
     source_ntk = _array(ntk.reshape(view)) if ntk is not None else out_ntk.numpy()
-    tables = [np.array(axis_taps, dtype=np.int64).reshape(-1, 3) for axis_taps in taps]
+    tables = _tap_tables(taps)
     run_rows(
         conv.conv_kernels, view[0] * out_h * out_w, _array(nngp.reshape(view)), source_ntk, out.numpy(),
         out_ntk.numpy(), tables[0], tables[1], strides[0], strides[1], float(window), w2, 0.0 if b2 is None else b2,
@@ -177,8 +175,6 @@ def conv_padded_planes(padded: torch.Tensor, padded_ntk: torch.Tensor | None, ou
     return out.reshape(shape), None if padded_ntk is None else out_ntk.reshape(shape)
 
 
-
-
 def _tap_tables(taps: list):
     """Per-axis (source, target, count) lists as (T, 3) int64 arrays."""
     import numpy as np
@@ -203,22 +199,22 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
                    relu: tuple, pool: dict, blocks: int, zero_ntk: bool = False,
                    in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A 2-D ``Conv``, an ``ABReLU`` and a window pooling (or none) in one pass over a block of
-    pairs ``src`` (A, H, W, H, W), prepared for ``conv.conv_plane``; see
-    :mod:`ntkit._compiled.fused`.
+    pairs ``src`` (A, H, W, H, W), laid out for ``conv.conv_plane``; see :mod:`ntkit._compiled.fused`.
 
-    ``conv``: ``taps``, ``strides``, ``layout`` (of ``conv.conv_plane``: "taps", "padded" or
-    "identity"), ``out_size`` (H', W'),
-    ``window``, ``w2``, ``b2`` (None: no bias), ``ntk_parameterization``, ``fan_in``.
-    ``pairs``: ``(source, first, second, same, place, mirror)`` of the pairs to compute (see
-    :mod:`ntkit._compiled.fused`), ``first`` and ``second`` their examples' rows of ``variances``
-    ``(var1, var2)``, the Conv outputs' variances (N, H' W'). ``relu``: ``(a, b)``. ``blocks``:
-    the number of pairs of the output.
-    ``pool``: ``taps``, ``strides``, ``out_size`` (Y_h, Y_w) and ``scale`` (the squared
-    pooling scale). Returns the pooled K and Theta (None without ``src_ntk``), (A, Y_h, Y_w,
-    Y_h, Y_w). ``zero_ntk``: the input NTK is zero (``src_ntk`` None), the output's is wanted.
-    ``in_place``: K is written over ``src`` (a contiguous temporary of the caller's, with the
-    "identity" layout, no pooling and each pair written once: a plane is read whole before it is
-    written), which saves a fresh block of memory."""
+    * ``conv``: ``taps``, ``strides``, ``layout`` ("taps", "padded" or "identity", see
+      ``conv.conv_plane``), ``out_size`` (H', W'), ``window``, ``w2``, ``b2`` (None: no bias),
+      ``ntk_parameterization``, ``fan_in``;
+    * ``pairs``: ``(source, first, second, same, place, mirror)``, the pairs to compute, and
+      ``variances``: ``(var1, var2)``, the Conv outputs' variances (N, H' W') that ``first`` and
+      ``second`` index;
+    * ``relu``: ``(a, b)``; ``pool``: ``taps``, ``strides``, ``out_size`` (Y_h, Y_w) and ``scale``
+      (the squared pooling scale); ``blocks``: the number of pairs of the output;
+    * ``zero_ntk``: the input NTK is zero (``src_ntk`` None) and the output's is wanted;
+    * ``in_place``: K is written over ``src``, a contiguous temporary of the caller's ("identity"
+      layout, no pooling, each pair written once: a plane is read whole before it is written),
+      which saves a fresh block of memory.
+
+    Returns K and Theta (None without an NTK), (blocks, Y_h, Y_w, Y_h, Y_w)."""
     from . import fused
     from .conv import IDENTITY, PADDED, TAPS
     from .relu import roots
@@ -238,11 +234,10 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     b2 = conv["b2"]
     planes = len(source) * pool["out_size"][0] * pool["out_size"][1]
     run_rows(
-        fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, conv["strides"][0], conv["strides"][1],
-        layout, conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2, b2 is not None,
-        conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place, mirror, var1, std1,
-        inv1, var2, std2, inv2,
-        (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi), pool_h, pool_w, pool["strides"][0], pool["strides"][1],
-        float(pool["scale"]), out.numpy(), out_ntk.numpy(), cost=conv_h * conv_w * 16,
+        fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, *conv["strides"], layout,
+        conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2, b2 is not None,
+        conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place, mirror,
+        var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi),
+        pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(), cost=conv_h * conv_w * 16,
     )
     return out, out_ntk if with_ntk else None

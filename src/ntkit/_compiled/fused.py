@@ -19,9 +19,10 @@ it), output ``out``, ``out_ntk`` (A, Y_h, Y_w, Y_h, Y_w). The kernel computes th
 pair k reads ``src[source[k]]``, pairs example ``first[k]`` (its Conv outputs' variances are
 rows of ``var1``) with ``second[k]`` (rows of ``var2``), an example with itself when
 ``same[k]``, and is written to ``out[place[k]]`` and, transposed, to ``out[mirror[k]]`` unless
-that is -1: in a block of an example batch with itself, (j, i) is (i, j) transposed, and only
-the pairs i <= j are computed. Pooling taps per axis are (source, target, count) tables, as for
-``conv``; ``scale`` is the squared pooling scale.
+that is -1 (in a block of a batch with itself (j, i) is (i, j) transposed, so the caller may list
+only the pairs i <= j). Pooling taps per axis are (source, target, count) tables, as for
+``conv``; ``scale`` is the squared pooling scale. A network's first Conv comes with the
+"identity" layout: ``src`` holds its window sums already (products of image patches).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from .._inputs import Inputs
 from ..kernel import Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import (
-    as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, output_variances, pad_axis, window_sum,
+    as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, output_variances, pad_axis,
+    window_sum,
 )
 from .dense import affine_kernels, check_parameterization, check_std, draw_parameters, scaled_parameters
 
@@ -221,8 +222,9 @@ class Conv(LazyModuleMixin, Layer):
         position, over all channels): matrix products of patches instead of the inputs' kernel
         and its window sums, about ten times fewer operations on 3-channel images. The
         self-covariances are the block's own self-pairs when ``x2`` is ``x1``, twins get exactly
-        +-variance (as in ``input_kernel``), and the affine map is the one of ``kernel_map``. In the diagonal layout (cheap already), and for a subclass with its own
-        kernel map (``ConvLocal``), ``Layer.map_inputs``."""
+        +-variance (as in ``input_kernel``), and the affine map is the one of ``kernel_map``. In
+        the diagonal layout (cheap already), and for a subclass with its own kernel map
+        (``ConvLocal``), ``Layer.map_inputs``."""
         x1 = inputs.x1
         own_map = type(self).kernel_map is Conv.kernel_map
         if not own_map or inputs.spatial_layout != "full" or x1.ndim != len(self.filter_shape) + 2:
