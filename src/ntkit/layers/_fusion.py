@@ -30,7 +30,7 @@ from .._errors import NtkitError
 from .._inputs import Inputs
 from ..kernel import Kernel
 from ._base import Layer
-from ._spatial import filter_taps, pad_axis, self_diagonal
+from ._spatial import filter_taps, pad_axis, self_diagonal, self_pairs
 from .activation import Activation
 from .conv import Conv
 from .pooling import _WindowPool
@@ -188,7 +188,7 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
     var1, var2 = variances
     n1, n2 = nngp.shape[:2]
     if var1 is None:  # x2 is x1: the self-pairs
-        var1 = nngp.diagonal(0, 0, 1).movedim(-1, 0)
+        var1 = self_pairs(nngp)
     d1 = conv_variances(var1)
     d2 = d1 if same_inputs else conv_variances(var2)
     # x2 = x1: compute the pairs i <= j and write each also as (j, i), transposed; unless the
@@ -206,7 +206,7 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
         return fused(var, None, False, pairs, (d, d))[0]
 
     if same_inputs:
-        var1 = var2 = nngp.diagonal(0, 0, 1).movedim(-1, 0).contiguous()
+        var1 = var2 = self_pairs(nngp).contiguous()
     else:
         var1, var2 = self_covariances(var1, d1), self_covariances(var2, d2)
     return dict(

@@ -193,6 +193,11 @@ def set_self(nngp: torch.Tensor, var: torch.Tensor) -> None:
     nngp[index, index] = var
 
 
+def self_pairs(t: torch.Tensor) -> torch.Tensor:
+    """``t[i, i]`` of a same-inputs block (N, N, ...), as a view (N, ...): each example with itself."""
+    return t.diagonal(0, 0, 1).movedim(-1, 0)
+
+
 def output_variances(k, nngp: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
     """The variances of a layer's outputs, whose covariances are ``nngp``, with ``nngp[i, i]``
     exactly the variances in a same-inputs block.
@@ -204,7 +209,7 @@ def output_variances(k, nngp: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Ten
     Elsewhere ``fn`` computes them (vectors and the diagonal layout: cheap) and, in a
     same-inputs block, they are written into ``nngp``'s self-pairs."""
     if k.same_inputs and k.spatial_ndim and not k.diagonal:
-        var = nngp.diagonal(0, 0, 1).movedim(-1, 0).contiguous()
+        var = self_pairs(nngp).contiguous()
         return var, var
     var1, var2 = k.map_variances(fn)
     if k.same_inputs:

@@ -16,7 +16,7 @@ from ..kernel import Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import (
     as_tuple, check_padding, diagonal_window_sum, filter_taps, geometry, nhwc_hint, output_variances, pad_axis,
-    window_sum,
+    self_pairs, window_sum,
 )
 from .dense import affine_kernels, check_parameterization, check_std, draw_parameters, scaled_parameters
 
@@ -232,18 +232,12 @@ class Conv(LazyModuleMixin, Layer):
         geom = self._check_kernel_input(tuple(x1.shape[1:]))
         window, channels = math.prod(self.filter_shape), x1.shape[1]
         summed, self1, self2 = self.patch_sums(inputs, geom)
-        fan_in = channels * window
-        ntk = None
-        if inputs.with_ntk and self.parameterization == "standard":
-            # the map of kernel_map with a zero input NTK: 0 w2 + n mean (+ 1), the same numbers
-            ntk = (summed / window).mul_(fan_in)
-            if self.b_std is not None:
-                ntk += 1.0
-        nngp = affine_kernels(summed, None, self.W_std, self.b_std, self.parameterization, fan_in, window, fresh=True)[0]
-        if inputs.with_ntk and self.parameterization == "ntk":
-            ntk = nngp.clone()  # 0 w2 + K'
+        nngp, ntk = affine_kernels(  # the inputs' NTK is zero
+            summed, torch.zeros_like(summed) if inputs.with_ntk else None, self.W_std, self.b_std,
+            self.parameterization, channels * window, window, fresh=True,
+        )
         if inputs.same_inputs:
-            var1 = var2 = nngp.diagonal(0, 0, 1).movedim(-1, 0).contiguous()
+            var1 = var2 = self_pairs(nngp).contiguous()
         else:
             var1, var2 = (self._affine(v, window, fresh=True) for v in (self1, self2))
         return Kernel(
@@ -273,7 +267,7 @@ class Conv(LazyModuleMixin, Layer):
                 for p in (patches1, patches2)
             )
         if inputs.twins is not None:
-            first = summed.diagonal(0, 0, 1).movedim(-1, 0) if inputs.same_inputs else self1
+            first = self_pairs(summed) if inputs.same_inputs else self1
             summed = inputs.twins.exact(summed, first.clone())
         return summed, self1, self2
 
