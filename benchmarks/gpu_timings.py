@@ -89,7 +89,12 @@ def readme_section(rows: list[dict]) -> str:
         "neural-tangents is not installed on that machine, so there is no peer column; the CPU "
         "tables above compare with it. Kernel blocks on a GPU are as large as the memory budget "
         "allows (up to 8192 examples a side; with the CPU's 512-example blocks the MLP at N=16000 "
-        "took 1.02 s in float64, and Myrtle-5 at 32x32 3.7 ms per entry).",
+        "took 1.02 s in float64, and Myrtle-5 at 32x32 3.7 ms per entry). For x2 = x1, image "
+        "kernels are split into at least 4 blocks a side (mirroring then skips most of the lower "
+        "triangle) but on a GPU never into blocks of fewer than 16M covariances: each block costs "
+        "about 8 ms of host-side work (some 200 kernel launches and their Python) whatever its size (with 16x16-pair blocks, Myrtle-5 8x8 at "
+        "N=64 took 81 ms instead of 9 ms; at 32x32, N=32, 8x8-pair blocks take 0.233 s against "
+        "0.282 s in one block at the last GPU measurement).",
         "",
         "| case | size | dtype | time | per entry | peak GPU memory |",
         "|---|---|---|---|---|---|",

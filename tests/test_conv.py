@@ -305,6 +305,18 @@ def test_spatial_outputs_are_assembled_with_their_layout():
     assert _engine._block_side(torch.zeros(1, 3, 32, 32), "full", 1 << 40) == 2  # 1M covariances per pair
 
 
+def test_mirrored_blocks_are_a_quarter_of_the_images_and_on_a_gpu_not_too_small():
+    """x2 = x1: at least 4 blocks a side on the CPU; on a GPU (here the meta device, which the rule
+    treats alike) blocks keep at least GPU_MIRRORED_BLOCK covariances, since each costs launches."""
+    side = lambda n, hw, device, layout="full": _engine._mirrored_side(
+        n, torch.zeros(n, 3, hw, hw, device=device), layout)
+    assert side(64, 8, "cpu") == 16 and side(8, 32, "cpu") == 2 and side(9, 32, "cpu") == 3
+    # 8x8 images: 4096 covariances per pair, so 4096 pairs (64 a side) make a GPU block
+    assert side(64, 8, "meta") == 64 and side(1024, 8, "meta") == 256
+    assert side(8, 32, "meta") == 4  # 1M covariances per pair: 16 pairs
+    assert side(64, 8, "meta", "diagonal") == 512  # 64 covariances per pair: one block
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

@@ -36,6 +36,10 @@ GPU_BLOCK = 8192
 #: Covariance entries per block of image pairs, (pairs) x |S|^2: 4M entries (32 MB in float64)
 #: per tensor, of which a layer holds a few (nngp, ntk, temporaries of its kernel map).
 SPATIAL_BUDGET = 1 << 22
+#: On a GPU a block of image pairs is split for mirroring only down to this many covariance
+#: entries: below it the fixed cost of a block (host-side work, some 200 kernel launches and
+#: their Python: about 8 ms for Myrtle-5 on an H200) outweighs the pairs that mirroring saves.
+GPU_MIRRORED_BLOCK = 1 << 24
 
 
 def _wanted(get: str | Sequence[str]) -> bool:
@@ -103,7 +107,7 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
     if block_size is None and same and x1.ndim > 2:
         # Image pairs are costly: at least 4 blocks a side, so that mirroring saves most of the
         # lower triangle (a diagonal block computes both of its halves).
-        size = min(size, -(-n1 // 4))
+        size = min(size, _mirrored_side(n1, x1, layout))
 
     def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> tuple[list[Kernel], bool]:
         """The network's output Kernels on one block, as a list, and whether it has one output."""
@@ -153,6 +157,17 @@ def _block_side(x: torch.Tensor, layout: str, budget: int) -> int:
     if positions > 1 and on_cpu:
         side = min(side, math.isqrt(SPATIAL_BUDGET // per_pair))
     return max(1, side)
+
+
+def _mirrored_side(n: int, x: torch.Tensor, layout: str) -> int:
+    """The largest block side for x2 = x1 images that leaves at least 4 blocks a side; on a GPU,
+    never below a side whose blocks hold ``GPU_MIRRORED_BLOCK`` covariance entries."""
+    side = -(-n // 4)
+    if x.device.type == "cpu":
+        return side
+    positions = x[0, 0].numel()
+    per_pair = positions**2 if layout == "full" else positions
+    return max(side, math.isqrt(GPU_MIRRORED_BLOCK // per_pair))
 
 
 def _check_result(parts: list[Kernel], n1: int, n2: int, budget: int) -> None:
