@@ -305,15 +305,27 @@ def test_spatial_outputs_are_assembled_with_their_layout():
     assert _engine._block_side(torch.zeros(1, 3, 32, 32), "full", 1 << 40) == 2  # 1M covariances per pair
 
 
-def test_mirrored_blocks_are_a_quarter_of_the_images_and_on_a_gpu_not_too_small():
-    """x2 = x1: at least 4 blocks a side on the CPU; on a GPU (here the meta device, which the rule
-    treats alike) blocks keep at least GPU_MIRRORED_BLOCK covariances, since each costs launches."""
-    side = lambda n, hw, device, layout="full": _engine._mirrored_side(
-        n, torch.zeros(n, 3, hw, hw, device=device), layout)
-    assert side(64, 8, "cpu") == 16 and side(8, 32, "cpu") == 2 and side(9, 32, "cpu") == 3
-    # 8x8 images: 4096 covariances per pair, so 4096 pairs (64 a side) make a GPU block
-    assert side(64, 8, "meta") == 64 and side(1024, 8, "meta") == 256
-    assert side(8, 32, "meta") == 4  # 1M covariances per pair: 16 pairs
+def test_mirrored_blocks_cost_least():
+    """x2 = x1: the block side that computes the fewest pairs, a block's fixed cost counted. An
+    off-diagonal block pays for its examples' variances; a diagonal block has them free."""
+    # brute force: pairs of images each block computes, blocks of side s from 0
+    def brute(n, s):
+        starts = range(0, n, s)
+        sizes = [min(s, n - i) for i in starts]
+        return sum(sizes[a] * sizes[b] + (0 if a == b else sizes[a] + sizes[b])
+                   for a in range(len(sizes)) for b in range(a, len(sizes)))
+    for n in range(1, 40):
+        for s in range(1, n + 1):
+            assert _engine._pairs_computed(n, s) == brute(n, s), (n, s)
+    side = lambda n, hw, device="cpu", layout="full", cap=512: _engine._mirrored_side(
+        n, torch.zeros(n, 3, hw, hw, device=device), layout, cap)
+    # 32x32 images: pairs cost far more than a block; N=2 in one block (4 pairs, not 1 + 1 + 3)
+    assert side(2, 32) == 2 and side(32, 32) == 8
+    assert side(32, 32, cap=4) == 4
+    # 8x8: a block costs as much as 16 pairs, so blocks are larger
+    assert side(8, 8) == 8 and side(64, 8) == 16
+    # on a GPU (here the meta device, which the rule treats alike) blocks keep >= 16M covariances
+    assert side(64, 8, "meta") == 64 and side(8, 32, "meta") == 4
     assert side(64, 8, "meta", "diagonal") == 512  # 64 covariances per pair: one block
 
 

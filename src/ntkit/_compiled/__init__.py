@@ -226,12 +226,22 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     out_ntk = torch.empty_like(out) if with_ntk else out.new_empty((0, 0, 0, 0, 0))
     source_ntk = _array(src_ntk) if src_ntk is not None else out.new_empty((0, 0, 0, 0, 0)).numpy()
     taps_h, taps_w = _tap_tables(conv["taps"])
-    layout = {"taps": TAPS, "padded": PADDED, "identity": IDENTITY}[conv["layout"]]
+    layout = {"taps": TAPS, "padded": PADDED, "identity": IDENTITY, "zero-padded": -1}[conv["layout"]]
     pool_h, pool_w = _tap_tables(pool["taps"])
     (var1, std1, inv1), (var2, std2, inv2) = ((v, *roots(v)) for v in (_array(t) for t in variances))
     source, first, second, same, place, mirror = (_array(t) for t in pairs)
     conv_h, conv_w = conv["out_size"]
     b2 = conv["b2"]
+    if conv["layout"] == "zero-padded":
+        run_rows(
+            fused.conv_relu_pool_padded, len(source) * pool["out_size"][0], _array(src), source_ntk, zero_ntk,
+            *conv["padding"], conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2,
+            b2 is not None, conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place,
+            mirror, var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi),
+            pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(),
+            cost=conv_h * conv_w * conv_w * 16,
+        )
+        return out, out_ntk if with_ntk else None
     planes = len(source) * pool["out_size"][0] * pool["out_size"][1]
     run_rows(
         fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, *conv["strides"], layout,

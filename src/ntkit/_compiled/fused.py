@@ -31,7 +31,7 @@ import numpy as np
 from numba import uint64
 
 from ._jit import jit
-from .conv import conv_plane, tap_source
+from .conv import _write_row, conv_plane, tap_source
 from .relu import relu_plane
 
 
@@ -106,3 +106,137 @@ def _pool_plane(plane, total, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool
                 row_out = (target_h + u) * out_w + target_w
                 for v in range(count_w):
                     total[row_out + v] += plane[row_in + pool_stride_w * v]
+
+
+@jit(fastmath=False)
+def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_h, conv_w, window, w2, b2, with_bias,
+                          ntk_parameterization, fan_in, source, first, second, same, place, mirror, var1, std1, inv1,
+                          var2, std2, inv2, mean_square, kink, pool_h, pool_w, pool_stride_h, pool_stride_w, scale, out,
+                          out_ntk):
+    """``conv_relu_pool`` for a 3x3 filter with unit strides and zero padding (``lo_h``, ``lo_w``
+    before each axis) on small images, from the unpadded block ``src`` (A, H, W, H, W).
+
+    The additions are those of the "padded" layout, tap for tap, without a padded copy of the
+    block: the input planes of three rows of the first image are copied, padded, into a small
+    buffer (``slab``, in cache) as the rows come into the filter's reach, each once per pair;
+    a tap outside the first image reads a plane of zeros, as the padded copy's border would.
+    Units ``[start, stop)`` are (pair, pooled row of the first image): each computes the Conv
+    planes of the rows its pooling window reaches, and the pooled planes of that row."""
+    _, height, width, _, _ = src.shape
+    _, out_h, out_w, _, _ = out.shape
+    with_ntk = out_ntk.size > 0
+    read_ntk = with_ntk and not zero_ntk
+    hp, wp = conv_h + 2, conv_w + 2  # the padded plane of the second image
+    padded_plane = hp * wp
+    run = (conv_h - 1) * wp + conv_w
+    zero_base = 3 * width * padded_plane  # a plane of zeros after the three rows of planes
+    slab = np.zeros(zero_base + padded_plane, src.dtype)
+    slab_ntk = np.zeros(zero_base + padded_plane if read_ntk else 0, src.dtype)
+    loaded = np.full(3, -1, np.int64)  # which (pair's source, row) each third of the slab holds
+    flat, flat_ntk = src.reshape(-1), src_ntk.reshape(-1)
+    target, target_ntk = out.reshape(-1), out_ntk.reshape(-1)
+    positions = conv_h * conv_w
+    plane = np.empty(positions, src.dtype)
+    plane_ntk = np.empty(positions if with_ntk else 0, src.dtype)
+    scratch = np.empty(run, src.dtype)
+    bases = np.empty(9, np.uint64)
+    pooled = out_h * out_w
+    total = np.empty((out_w, pooled), src.dtype)
+    total_ntk = np.empty((out_w, pooled if with_ntk else 0), src.dtype)
+    for unit in range(start, stop):
+        pair, p_h = unit // out_h, unit % out_h
+        a, i, j = source[pair], first[pair], second[pair]
+        total[:] = 0.0
+        total_ntk[:] = 0.0
+        for th in range(pool_h.shape[0]):
+            y_h = tap_source(pool_h, th, p_h, pool_stride_h)
+            if y_h < 0:
+                continue
+            for jh in range(3):
+                x_h = y_h + jh - lo_h
+                if 0 <= x_h < height and loaded[x_h % 3] != a * height + x_h:
+                    _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
+                    if read_ntk:
+                        _load_row(flat_ntk, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
+                    loaded[x_h % 3] = a * height + x_h
+            for y_w in range(conv_w):
+                if not _pooled_anywhere(pool_w, y_w, out_w, pool_stride_w):
+                    continue
+                for jh in range(3):
+                    x_h = y_h + jh - lo_h
+                    for jw in range(3):
+                        x_w = y_w + jw - lo_w
+                        inside = 0 <= x_h < height and 0 <= x_w < width
+                        origin = ((x_h % 3) * width + x_w) * padded_plane if inside else zero_base
+                        bases[3 * jh + jw] = uint64(origin + jh * wp + jw)
+                _padded_sums(slab, bases, run, scratch, plane, conv_h, conv_w, wp)
+                if zero_ntk:
+                    plane_ntk[:] = 0.0
+                elif with_ntk:
+                    _padded_sums(slab_ntk, bases, run, scratch, plane_ntk, conv_h, conv_w, wp)
+                _write_row(plane, plane_ntk, plane, plane_ntk, uint64(0), positions, with_ntk, window, w2, b2, with_bias,
+                           ntk_parameterization, fan_in)
+                y = y_h * conv_w + y_w
+                relu_plane(plane, plane_ntk, var1[i, y], std1[i, y], inv1[i, y], var2, std2, inv2, j,
+                           y if same[pair] else -1, mean_square, kink)
+                for p_w in range(out_w):
+                    for tw in range(pool_w.shape[0]):
+                        if tap_source(pool_w, tw, p_w, pool_stride_w) == y_w:
+                            _pool_plane(plane, total[p_w], conv_w, out_w, pool_h, pool_w, pool_stride_h, pool_stride_w)
+                            if with_ntk:
+                                _pool_plane(plane_ntk, total_ntk[p_w], conv_w, out_w, pool_h, pool_w, pool_stride_h,
+                                            pool_stride_w)
+        for p_w in range(out_w):
+            p = p_h * out_w + p_w
+            _write_pooled(total[p_w], target, place[pair], mirror[pair], p, pooled, scale)
+            if with_ntk:
+                _write_pooled(total_ntk[p_w], target_ntk, place[pair], mirror[pair], p, pooled, scale)
+
+
+@jit(inline="always", fastmath=False)
+def _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane):
+    """Row ``x_h`` of the first image of pair ``a``: its W planes, each padded, into the third
+    ``x_h % 3`` of ``slab`` (whose borders stay zero)."""
+    for x_w in range(width):
+        origin = uint64(((a * height + x_h) * width + x_w) * height * width)
+        dest = uint64(((x_h % 3) * width + x_w) * padded_plane + lo_h * wp + lo_w)
+        for r in range(height):
+            for c in range(width):
+                slab[dest + uint64(r * wp + c)] = flat[origin + uint64(r * width + c)]
+
+
+@jit(inline="always", fastmath=False)
+def _padded_sums(slab, bases, run, scratch, plane, conv_h, conv_w, wp):
+    """The nine taps' sums of one plane over the padded run (as ``conv._plane_sums``, "padded"),
+    then the run's entries that are outputs into ``plane``."""
+    b0, b1, b2, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
+    b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
+    for k in range(uint64(run)):
+        scratch[k] = (((((((slab[b0 + k] + slab[b1 + k]) + slab[b2 + k]) + slab[b3 + k]) + slab[b4 + k])
+                        + slab[b5 + k]) + slab[b6 + k]) + slab[b7 + k]) + slab[b8 + k]
+    for y_hp in range(conv_h):
+        for e in range(conv_w):
+            plane[y_hp * conv_w + e] = scratch[y_hp * wp + e]
+
+
+@jit(inline="always", fastmath=False)
+def _pooled_anywhere(pool_w, y_w, out_w, stride):
+    """Whether Conv column ``y_w`` is in some pooling window."""
+    for p_w in range(out_w):
+        for tw in range(pool_w.shape[0]):
+            if tap_source(pool_w, tw, p_w, stride) == y_w:
+                return True
+    return False
+
+
+@jit(inline="always", fastmath=False)
+def _write_pooled(total, target, place, mirror, p, pooled, scale):
+    """The pooled plane ``p`` of a pair: scaled, written at ``place`` and, transposed, at ``mirror``."""
+    origin = uint64((place * pooled + p) * pooled)
+    for e in range(pooled):
+        total[e] *= scale
+        target[origin + e] = total[e]
+    if mirror >= 0:
+        transposed = uint64(mirror * pooled * pooled + p)
+        for e in range(pooled):
+            target[transposed + uint64(e * pooled)] = total[e]

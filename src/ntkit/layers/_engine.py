@@ -36,6 +36,9 @@ GPU_BLOCK = 8192
 #: Covariance entries per block of image pairs, (pairs) x |S|^2: 4M entries (32 MB in float64)
 #: per tensor, of which a layer holds a few (nngp, ntk, temporaries of its kernel map).
 SPATIAL_BUDGET = 1 << 22
+#: The fixed cost of a block on the CPU (its Python, its small tensors), in covariance entries of
+#: its first layer's pairs: a few ms for Myrtle-5, where an entry costs about 40 ns.
+BLOCK_COST = 1 << 16
 #: On a GPU a block of image pairs is split for mirroring only down to this many covariance
 #: entries: below it the fixed cost of a block (host-side work, some 200 kernel launches and
 #: their Python: about 8 ms for Myrtle-5 on an H200) outweighs the pairs that mirroring saves.
@@ -105,9 +108,8 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
     n1, n2 = x1.shape[0], x2.shape[0]
     size = _block_side(x1, layout, budget // 4) if block_size is None else int(block_size)
     if block_size is None and same and x1.ndim > 2:
-        # Image pairs are costly: at least 4 blocks a side, so that mirroring saves most of the
-        # lower triangle (a diagonal block computes both of its halves).
-        size = min(size, _mirrored_side(n1, x1, layout))
+        # Image pairs are costly: split so that mirroring skips much of the lower triangle
+        size = _mirrored_side(n1, x1, layout, size)
 
     def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> tuple[list[Kernel], bool]:
         """The network's output Kernels on one block, as a list, and whether it has one output."""
@@ -159,15 +161,30 @@ def _block_side(x: torch.Tensor, layout: str, budget: int) -> int:
     return max(1, side)
 
 
-def _mirrored_side(n: int, x: torch.Tensor, layout: str) -> int:
-    """The largest block side for x2 = x1 images that leaves at least 4 blocks a side; on a GPU,
-    never below a side whose blocks hold ``GPU_MIRRORED_BLOCK`` covariance entries."""
-    side = -(-n // 4)
-    if x.device.type == "cpu":
-        return side
+def _mirrored_side(n: int, x: torch.Tensor, layout: str, cap: int) -> int:
+    """The block side (at most ``cap``) for x2 = x1 images that costs least: the pairs of images
+    computed (``_pairs_computed``) and a fixed cost per block of ``BLOCK_COST`` covariance
+    entries. On a GPU never below a side whose blocks hold ``GPU_MIRRORED_BLOCK`` entries."""
     positions = x[0, 0].numel()
     per_pair = positions**2 if layout == "full" else positions
+
+    def cost(side: int) -> float:
+        blocks = -(-n // side)
+        return _pairs_computed(n, side) + blocks * (blocks + 1) // 2 * BLOCK_COST / per_pair
+
+    side = min(range(1, min(n, cap) + 1), key=lambda s: (cost(s), -s))
+    if x.device.type == "cpu":
+        return side
     return max(side, math.isqrt(GPU_MIRRORED_BLOCK // per_pair))
+
+
+def _pairs_computed(n: int, side: int) -> int:
+    """The pairs of images a layer computes for x2 = x1 in blocks of ``side``: a diagonal block all
+    of its own, its variances among them; a block above it its pairs and the variances of its
+    rows and columns (one pair's work per example); those below are mirrored."""
+    blocks, last = -(-n // side), n % side
+    squares = (n // side) * side**2 + last**2
+    return squares + (n * n - squares) // 2 + (blocks - 1) * n
 
 
 def _check_result(parts: list[Kernel], n1: int, n2: int, budget: int) -> None:

@@ -50,7 +50,11 @@ def fused_map(layers: Sequence[Layer], index: int, k) -> tuple[Kernel, int] | No
     prepare, taps, padded = conv._compiled_source(tuple(k.feature_shape[1:]), geom)
     if padded:  # every tap inside; the variances' sums need them listed
         taps = [[(j, 0, out) for j in range(3)] for out, _, _ in geom]
-    spec = _conv_spec(conv, taps, conv.strides, "padded" if padded else "taps", geom, k.feature_shape[0])
+    layout = "padded" if padded else "taps"
+    if padded and conv.padding != "circular":  # zeros: the kernel pads the planes as it reads them
+        prepare, layout = (lambda t: t), "zero-padded"
+    spec = _conv_spec(conv, taps, conv.strides, layout, geom, k.feature_shape[0])
+    spec["padding"] = (geom[0][1], geom[1][1])
 
     def variances(var: torch.Tensor) -> torch.Tensor:
         diagonal = self_diagonal(var, 2)
