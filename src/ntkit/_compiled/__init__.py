@@ -207,8 +207,9 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     * ``pairs``: ``(source, first, second, same, place, mirror)``, the pairs to compute, and
       ``variances``: ``(var1, var2)``, the Conv outputs' variances (N, H' W') that ``first`` and
       ``second`` index;
-    * ``relu``: ``(a, b)``; ``pool``: ``taps``, ``strides``, ``out_size`` (Y_h, Y_w) and ``scale``
-      (the squared pooling scale); ``blocks``: the number of pairs of the output;
+    * ``relu``: ``(a, b)``; ``pool``: ``pooling`` (False: none, and ``taps`` of one tap covering
+      each axis, unit ``strides``, ``scale`` 1), ``taps``, ``strides``, ``out_size`` (Y_h, Y_w) and
+      ``scale`` (the squared pooling scale); ``blocks``: the number of pairs of the output;
     * ``zero_ntk``: the input NTK is zero (``src_ntk`` None) and the output's is wanted;
     * ``in_place``: K is written over ``src``, a contiguous temporary of the caller's ("identity"
       layout, no pooling, each pair written once: a plane is read whole before it is written),
@@ -247,7 +248,7 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
         fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, *conv["strides"], layout,
         conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2, b2 is not None,
         conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place, mirror,
-        var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi),
+        var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi), pool["pooling"],
         pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(), cost=conv_h * conv_w * 16,
     )
     return out, out_ntk if with_ntk else None

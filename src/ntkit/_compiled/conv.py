@@ -254,6 +254,15 @@ def conv_plane(flat, flat_ntk, shape, zero_ntk, taps_h, taps_w, stride_h, stride
     would). ``zero_ntk``: the input NTK is zero (a network's first layer) and ``flat_ntk`` empty.
     ``bases`` (9 entries) and ``scratch`` (the padded run, at least W') are scratch."""
     with_ntk = plane_ntk.size > 0
+    if layout == IDENTITY:  # the affine map reads the sums where they are
+        _, height, width, _, _ = shape
+        origin = uint64(((a * height + y_h) * width + y_w) * height * width)
+        sums = flat[origin : origin + uint64(height * width)]
+        if zero_ntk:
+            plane_ntk[:] = 0.0
+        _write_row(sums, plane_ntk, plane, plane_ntk, uint64(0), out_h * out_w, with_ntk, window, w2, b2, with_bias,
+                   ntk_parameterization, fan_in)
+        return
     _plane_sums(flat, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h, y_w, out_h, out_w, plane, bases, scratch)
     if zero_ntk:
         plane_ntk[:] = 0.0

@@ -38,11 +38,12 @@ from .relu import relu_plane
 @jit(fastmath=False)
 def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, conv_h, conv_w,
                    window, w2, b2, with_bias, ntk_parameterization, fan_in, source, first, second, same, place, mirror,
-                   var1, std1, inv1, var2, std2, inv2, mean_square, kink, pool_h, pool_w, pool_stride_h, pool_stride_w,
-                   scale, out, out_ntk):
+                   var1, std1, inv1, var2, std2, inv2, mean_square, kink, pooling, pool_h, pool_w, pool_stride_h,
+                   pool_stride_w, scale, out, out_ntk):
     """The output planes ``[start, stop)`` (of P Y_h Y_w, for the P pairs listed) in ``out`` (and
     ``out_ntk`` unless it is empty; ``zero_ntk``: from a zero input NTK, ``src_ntk`` empty):
-    module doc."""
+    module doc. Without ``pooling`` (the pooling tables are then one tap of the whole plane) each
+    plane is made where it is written."""
     _, out_h, out_w, _, _ = out.shape
     with_ntk = out_ntk.size > 0
     positions = conv_h * conv_w
@@ -58,6 +59,20 @@ def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h
     for index in range(start, stop):
         pair, p_h, p_w = index // pooled, (index // out_w) % out_h, index % out_w
         a, i, j = source[pair], first[pair], second[pair]
+        if not pooling:
+            p = p_h * out_w + p_w
+            origin = uint64((place[pair] * pooled + p) * pooled)
+            made, made_ntk = target[origin : origin + pooled], target_ntk[origin : origin + pooled] if with_ntk else plane_ntk
+            conv_plane(flat, flat_ntk, shape, zero_ntk, taps_h, taps_w, stride_h, stride_w, layout, a, p_h, p_w,
+                       conv_h, conv_w, made, made_ntk, bases, scratch, window, w2, b2, with_bias,
+                       ntk_parameterization, fan_in)
+            relu_plane(made, made_ntk, var1[i, p], std1[i, p], inv1[i, p], var2, std2, inv2, j, p if same[pair] else -1,
+                       mean_square, kink)
+            if mirror[pair] >= 0:
+                _write_transposed(made, target, mirror[pair], p, pooled)
+                if with_ntk:
+                    _write_transposed(made_ntk, target_ntk, mirror[pair], p, pooled)
+            continue
         total[:] = 0.0
         total_ntk[:] = 0.0
         for th in range(pool_h.shape[0]):
@@ -92,6 +107,14 @@ def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h
                 target[transposed + uint64(e * pooled)] = total[e]
                 if with_ntk:
                     target_ntk[transposed + uint64(e * pooled)] = total_ntk[e]
+
+
+@jit(inline="always", fastmath=False)
+def _write_transposed(made, target, mirror, p, pooled):
+    """Plane ``p`` of a pair written as column ``p`` of the planes of the pair ``mirror``."""
+    transposed = uint64(mirror * pooled * pooled + p)
+    for e in range(pooled):
+        target[transposed + uint64(e * pooled)] = made[e]
 
 
 @jit(inline="always", fastmath=False)

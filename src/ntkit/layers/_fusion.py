@@ -157,10 +157,12 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
     each position (N, H, W), laid out alike."""
     conv_size = spec["out_size"]
     if run.pool is None:
-        pool_spec = dict(taps=[[(0, 0, size)] for size in conv_size], strides=(1, 1), out_size=conv_size, scale=1.0)
+        pool_spec = dict(pooling=False, taps=[[(0, 0, size)] for size in conv_size], strides=(1, 1), out_size=conv_size,
+                         scale=1.0)
     else:
         pool = run.pool
         pool_spec = dict(
+            pooling=True,
             taps=[
                 [(source.start, target.start, target.stop - target.start) for source, target in filter_taps(size, w, s, g)]
                 for size, w, s, g in zip(conv_size, pool.window_shape, pool.strides, run.pool_geom)
