@@ -239,7 +239,7 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
             *conv["padding"], conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2,
             b2 is not None, conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place,
             mirror, var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi),
-            pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(),
+            pool["pooling"], pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(),
             cost=conv_h * conv_w * conv_w * 16,
         )
         return out, out_ntk if with_ntk else None

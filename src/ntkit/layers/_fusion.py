@@ -47,12 +47,14 @@ def fused_map(layers: Sequence[Layer], index: int, k) -> tuple[Kernel, int] | No
     if run is None or k.diagonal or not layers[index]._fused(k):
         return None
     conv, geom = layers[index], run.geom
-    prepare, taps, padded = conv._compiled_source(tuple(k.feature_shape[1:]), geom)
-    if padded:  # every tap inside; the variances' sums need them listed
+    if conv.filter_shape == (3, 3) and conv.strides == (1, 1) and conv.padding != "circular":
+        # zero padding: the kernel pads the planes as it reads them, every tap then inside
+        prepare, padded, layout = (lambda t: t), True, "zero-padded"
+    else:
+        prepare, taps, padded = conv._compiled_source(tuple(k.feature_shape[1:]), geom)
+        layout = "padded" if padded else "taps"
+    if padded:  # the variances' sums need the taps listed
         taps = [[(j, 0, out) for j in range(3)] for out, _, _ in geom]
-    layout = "padded" if padded else "taps"
-    if padded and conv.padding != "circular":  # zeros: the kernel pads the planes as it reads them
-        prepare, layout = (lambda t: t), "zero-padded"
     spec = _conv_spec(conv, taps, conv.strides, layout, geom, k.feature_shape[0])
     spec["padding"] = (geom[0][1], geom[1][1])
 
