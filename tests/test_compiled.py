@@ -158,3 +158,17 @@ def test_forked_child_gets_its_own_threads():
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(parent, child)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 1024, 1024)], ids=["small", "huge pages"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_work_buffers_are_plain_writable_tensors(shape, dtype):
+    """``cpu_empty``: the shape and dtype asked for, writable, alive as long as a view of it is
+    (large buffers are memory maps that the tensor keeps)."""
+    buffer = _compiled.cpu_empty(shape, dtype)
+    assert buffer.shape == shape and buffer.dtype == dtype and buffer.device.type == "cpu" and buffer.is_contiguous()
+    view = buffer.reshape(-1)[1:]
+    del buffer
+    view.fill_(2.5)
+    view[-1] = 1.0
+    assert float(view.sum()) == 2.5 * (math.prod(shape) - 2) + 1.0

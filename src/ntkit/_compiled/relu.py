@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
-from . import run_rows
+from . import cpu_empty, run_rows
 from ._jit import arccos, jit
 
 CROSS, SELF, DIAGONAL = 0, 1, 2
@@ -124,8 +125,9 @@ def roots(var):
 
 def run(cov, ntk, var1, var2, mode: int, exact: bool, a: float, b: float):
     """K' and Theta' (or an empty array) as new arrays, for NumPy arrays laid out as above."""
-    out = np.empty_like(cov)
-    out_ntk = np.empty_like(cov) if ntk is not None else np.empty((0, 0, 0, 0), cov.dtype)
+    dtype = torch.from_numpy(cov[:0]).dtype
+    out = cpu_empty(cov.shape, dtype).numpy()
+    out_ntk = cpu_empty(cov.shape, dtype).numpy() if ntk is not None else np.empty((0, 0, 0, 0), cov.dtype)
     ntk = ntk if ntk is not None else out_ntk
     (std1, inv1), (std2, inv2) = roots(var1), roots(var2)
     b1, b2, rows, cols = cov.shape

@@ -349,7 +349,7 @@ def _gram(patches1: torch.Tensor, patches2: torch.Tensor) -> torch.Tensor:
     if positions < SMALL_PLANE or tracked or patches1.device.type != "cpu":  # out= has no autograd
         product = patches1.reshape(n1 * positions, -1) @ patches2.reshape(n2 * positions, -1).T
         return product.reshape(n1, positions, n2, positions).transpose(1, 2).contiguous()
-    out = patches1.new_empty((n1, n2, positions, positions))
+    out = _compiled.cpu_empty((n1, n2, positions, positions), patches1.dtype)
     for i in range(n1):
         for j in range(n2):
             torch.mm(patches1[i], patches2[j].T, out=out[i, j])
