@@ -111,7 +111,8 @@ def test_first_conv_errors_name_the_layer():
 @pytest.fixture
 def layer_by_layer(monkeypatch):
     """Run a block with fusion switched off; ``runs`` counts the fused runs of the fast route
-    (their lengths; a run that starts a network, from its inputs, as a negative length)."""
+    (their lengths; a run that starts a network, from its inputs, as a negative length: with the
+    run after it when the two go as one)."""
     runs = []
     fused = {name: getattr(combinators, name) for name in ("fused_map", "fused_inputs_map")}
 
@@ -145,10 +146,10 @@ NETWORKS = {
     # name: (network, spatial shape, layers per fused run when fusion applies)
     "Myrtle-like": (lambda: nk.serial(
         conv(padding="same", b_std=None), nk.ReLU(), conv(padding="same"), nk.ReLU(), nk.AvgPool((2, 2)),
-        conv(padding="same"), nk.LeakyReLU(0.2), nk.GlobalAvgPool(), nk.Dense(3)), (6, 6), [-2, 3, 2]),
+        conv(padding="same"), nk.LeakyReLU(0.2), nk.GlobalAvgPool(), nk.Dense(3)), (6, 6), [-5, 2]),
     "large images, no pooling after": (lambda: nk.serial(
         conv(padding="same"), nk.ReLU(), conv(padding="same", W_std=1.5), nk.Abs(), conv((2, 3), strides=2), nk.ReLU(),
-        nk.GlobalAvgPool()), (17, 16), [-2, 2]),
+        nk.GlobalAvgPool()), (17, 16), [-4, 2]),
     "strides, valid, circular, SumPool": (lambda: nk.serial(
         conv(strides=2), nk.Abs(), conv((2, 3), padding="circular"), nk.ReLU(),
         nk.SumPool((2, 2), strides=1, padding="same"), nk.Flatten(), nk.Dense(2)), (7, 6), [-2, 3]),
@@ -158,7 +159,10 @@ NETWORKS = {
         nk.GlobalSumPool(), nk.Dense(2, parameterization="standard")), (7, 5), [-2, 2]),
     "overlapping windows, valid": (lambda: nk.serial(
         conv(padding="same"), nk.ReLU(), conv(padding="same"), nk.ReLU(), nk.AvgPool((3, 3), strides=2),
-        nk.GlobalAvgPool()), (9, 8), [-2, 3]),
+        nk.GlobalAvgPool()), (9, 8), [-5]),
+    "two runs as one: standard, valid, ABReLU": (lambda: nk.serial(
+        conv(parameterization="standard"), nk.ABReLU(-0.4, 1.2), conv(parameterization="standard", b_std=None),
+        nk.ReLU(), nk.AvgPool((2, 2)), nk.GlobalAvgPool(), nk.Dense(2, parameterization="standard")), (8, 7), [-5]),
     "pooling in the first run, 1-D after": (lambda: nk.serial(
         conv((2, 2), strides=(1, 2), b_std=None), nk.ReLU(), nk.AvgPool((2, 1)), nk.Flatten(), nk.Dense(3), nk.ReLU()),
         (7, 6), [-3]),
@@ -193,7 +197,7 @@ def test_fused_conv_and_relu_are_the_separate_maps_bit_for_bit(layer_by_layer):
         plain = layer_by_layer(lambda: net.kernel(*args, block_size=2))
         for field in ("nngp", "ntk", "var1", "var2"):
             assert torch.equal(getattr(fast, field), getattr(plain, field)), field
-    assert set(layer_by_layer.runs) == {-2, 2}
+    assert set(layer_by_layer.runs) == {-4, 2}  # the first two runs as one (``_chained``)
 
 
 class _OwnDual(nk.ReLU):
@@ -213,8 +217,8 @@ class _OwnPool(nk.AvgPool):
     "layers, runs",
     [
         (lambda: [conv(padding="same"), _OwnDual(), nk.AvgPool((2, 2))], {-2}),  # a subclass's own dual
-        (lambda: [conv(padding="same"), nk.ReLU(), _OwnPool((2, 2))], {-2, 2}),  # a pooling's own map
-        (lambda: [conv(padding="same"), nk.ReLU(), nk.AvgPool((2, 2), padding="circular")], {-2, 2}),
+        (lambda: [conv(padding="same"), nk.ReLU(), _OwnPool((2, 2))], {-4}),  # a pooling's own map
+        (lambda: [conv(padding="same"), nk.ReLU(), nk.AvgPool((2, 2), padding="circular")], {-4}),
         (lambda: [conv(padding="same"), nk.Erf(), nk.AvgPool((2, 2))], {-2}),  # not the ReLU family
         (lambda: [conv(padding="same"), nk.LeakyReLU(1.0), nk.AvgPool((2, 2))], {-2}),  # linear
         (lambda: [nk.AvgPool((2, 2)), conv(padding="same"), nk.ReLU()], {-3, 2}),

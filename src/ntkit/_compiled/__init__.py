@@ -215,8 +215,8 @@ def conv_variances(variances: torch.Tensor, taps: list, strides: tuple, out_size
 
 
 def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, pairs: tuple, variances: tuple,
-                   relu: tuple, pool: dict, blocks: int, zero_ntk: bool = False,
-                   in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   relu: tuple, pool: dict, blocks: int, zero_ntk: bool = False, in_place: bool = False,
+                   chain: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A 2-D ``Conv``, an ``ABReLU`` and a window pooling (or none) in one pass over a block of
     pairs ``src`` (A, H, W, H, W), laid out for ``conv.conv_plane``; see :mod:`ntkit._compiled.fused`.
 
@@ -232,9 +232,14 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     * ``zero_ntk``: the input NTK is zero (``src_ntk`` None) and the output's is wanted;
     * ``in_place``: K is written over ``src``, a contiguous temporary of the caller's ("identity"
       layout, no pooling, each pair written once: a plane is read whole before it is written),
-      which saves a fresh block of memory.
+      which saves a fresh block of memory;
+    * ``chain``: ``(conv, relu, variances)`` of a network's first Conv and ReLU, as above, when
+      ``src`` holds that Conv's window sums ("identity" layout) and the two runs go as one
+      ("zero-padded" layout only; ``zero_ntk``: the NTK is wanted).
 
     Returns K and Theta (None without an NTK), (blocks, Y_h, Y_w, Y_h, Y_w)."""
+    import numpy as np
+
     from . import fused
     from .conv import IDENTITY, PADDED, TAPS
     from .relu import roots
@@ -253,13 +258,26 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     conv_h, conv_w = conv["out_size"]
     b2 = conv["b2"]
     if conv["layout"] == "zero-padded":
+        if chain is None:
+            empty = np.empty((0, 0), src.numpy().dtype)
+            mapped = (False, (1.0, 1.0, 0.0, False, True, 1.0), (0.0, 0.0), (empty,) * 6)
+        else:
+            first_conv, (a1, b1), first_vars = chain
+            first_b2 = first_conv["b2"]
+            mapped = (
+                True,
+                (float(first_conv["window"]), first_conv["w2"], 0.0 if first_b2 is None else first_b2,
+                 first_b2 is not None, first_conv["ntk_parameterization"], float(first_conv["fan_in"])),
+                ((a1 * a1 + b1 * b1) / 2, (a1 - b1) ** 2 / (2 * math.pi)),
+                tuple(x for v in (_array(t) for t in first_vars) for x in (v, *roots(v))),
+            )
         run_rows(
             fused.conv_relu_pool_padded, len(source) * pool["out_size"][0], _array(src), source_ntk, zero_ntk,
             *conv["padding"], conv_h, conv_w, float(conv["window"]), conv["w2"], 0.0 if b2 is None else b2,
             b2 is not None, conv["ntk_parameterization"], float(conv["fan_in"]), source, first, second, same, place,
             mirror, var1, std1, inv1, var2, std2, inv2, (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi),
             pool["pooling"], pool_h, pool_w, *pool["strides"], float(pool["scale"]), out.numpy(), out_ntk.numpy(),
-            cost=conv_h * conv_w * conv_w * 16,
+            *mapped, cost=conv_h * conv_w * conv_w * 16,
         )
         return out, out_ntk if with_ntk else None
     planes = len(source) * pool["out_size"][0] * pool["out_size"][1]

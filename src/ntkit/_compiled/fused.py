@@ -135,7 +135,7 @@ def _pool_plane(plane, total, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool
 def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_h, conv_w, window, w2, b2, with_bias,
                           ntk_parameterization, fan_in, source, first, second, same, place, mirror, var1, std1, inv1,
                           var2, std2, inv2, mean_square, kink, pooling, pool_h, pool_w, pool_stride_h, pool_stride_w,
-                          scale, out, out_ntk):
+                          scale, out, out_ntk, map_first, first_affine, first_relu, first_variances):
     """``conv_relu_pool`` for a 3x3 filter with unit strides and zero padding (``lo_h``, ``lo_w``
     before each axis), from the unpadded block ``src`` (A, H, W, H, W).
 
@@ -147,11 +147,18 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
     layout's whole-plane path redoes them tap by tap: 3.3 against 1.2 ns per entry at 32x32).
     Units ``[start, stop)`` are (pair, pooled row of the first image): each computes the Conv
     planes of the rows its pooling window reaches, and the pooled planes of that row (without
-    ``pooling``, each Conv plane where it is written)."""
+    ``pooling``, each Conv plane where it is written).
+
+    ``map_first``: ``src`` holds a network's first Conv's window sums (the "identity" layout of
+    ``conv_relu_pool``, zero input NTK), and that Conv and the ReLU after it are applied to each
+    plane as it is loaded, by the operations of ``conv_relu_pool``: two runs in one pass, whose
+    middle block (NNGP and NTK of the first ReLU) is never written. ``first_affine`` = (window,
+    w2, b2, with_bias, ntk_parameterization, fan_in) of that Conv, ``first_relu`` = (mean_square,
+    kink), ``first_variances`` = (var1, std1, inv1, var2, std2, inv2) of its outputs."""
     _, height, width, _, _ = src.shape
     _, out_h, out_w, _, _ = out.shape
     with_ntk = out_ntk.size > 0
-    read_ntk = with_ntk and not zero_ntk
+    read_ntk = with_ntk and (map_first or not zero_ntk)
     hp, wp = conv_h + 2, conv_w + 2  # the padded plane of the second image
     padded_plane = hp * wp
     run = (conv_h - 1) * wp + conv_w
@@ -165,6 +172,8 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
     plane = np.empty(positions, src.dtype)
     plane_ntk = np.empty(positions if with_ntk else 0, src.dtype)
     scratch = np.empty(run, src.dtype)
+    first_plane = np.empty(height * width if map_first else 0, src.dtype)
+    first_plane_ntk = np.empty(height * width if map_first and with_ntk else 0, src.dtype)
     bases = np.empty(9, np.uint64)
     pooled = out_h * out_w
     total = np.empty((out_w, pooled), src.dtype)
@@ -181,9 +190,14 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
             for jh in range(3):
                 x_h = y_h + jh - lo_h
                 if 0 <= x_h < height and loaded[x_h % 3] != a * height + x_h:
-                    _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
-                    if read_ntk:
-                        _load_row(flat_ntk, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
+                    if map_first:
+                        _load_mapped_row(flat, slab, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp, padded_plane,
+                                         i, j, same[pair], first_affine, first_relu, first_variances, first_plane,
+                                         first_plane_ntk)
+                    else:
+                        _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
+                        if read_ntk:
+                            _load_row(flat_ntk, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp, padded_plane)
                     loaded[x_h % 3] = a * height + x_h
             for y_w in range(conv_w):
                 if not _pooled_anywhere(pool_w, y_w, out_w, pool_stride_w):
@@ -202,10 +216,10 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
                     made = target[origin : origin + positions]
                     made_ntk = target_ntk[origin : origin + positions] if with_ntk else plane_ntk
                 _padded_sums(slab, bases, run, scratch, made, conv_h, conv_w, wp)
-                if zero_ntk:
-                    made_ntk[:] = 0.0
-                elif with_ntk:
+                if read_ntk:
                     _padded_sums(slab_ntk, bases, run, scratch, made_ntk, conv_h, conv_w, wp)
+                elif with_ntk:
+                    made_ntk[:] = 0.0
                 _write_row(made, made_ntk, made, made_ntk, uint64(0), positions, with_ntk, window, w2, b2, with_bias,
                            ntk_parameterization, fan_in)
                 relu_plane(made, made_ntk, var1[i, y], std1[i, y], inv1[i, y], var2, std2, inv2, j,
@@ -240,6 +254,35 @@ def _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane):
         for r in range(height):
             for c in range(width):
                 slab[dest + uint64(r * wp + c)] = flat[origin + uint64(r * width + c)]
+
+
+@jit(inline="always", fastmath=False)
+def _load_mapped_row(flat, slab, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp, padded_plane, i, j, same,
+                     first_affine, first_relu, first_variances, plane, plane_ntk):
+    """``_load_row`` of a network's first Conv's window sums, each plane mapped on the way by that
+    Conv (zero input NTK) and the ReLU after it, as ``conv_relu_pool`` maps them ("identity"
+    layout); the NTK's planes into ``slab_ntk`` (empty: no NTK). ``plane``, ``plane_ntk``: scratch."""
+    window, w2, b2, with_bias, ntk_parameterization, fan_in = first_affine
+    mean_square, kink = first_relu
+    var1, std1, inv1, var2, std2, inv2 = first_variances
+    with_ntk = slab_ntk.size > 0
+    positions = height * width
+    for x_w in range(width):
+        x = x_h * width + x_w
+        origin = uint64(((a * height + x_h) * width + x_w) * positions)
+        made, made_ntk = plane, plane_ntk
+        if with_ntk:
+            made_ntk[:] = 0.0
+        _write_row(flat[origin : origin + uint64(positions)], made_ntk, made, made_ntk, uint64(0), positions, with_ntk,
+                   window, w2, b2, with_bias, ntk_parameterization, fan_in)
+        relu_plane(made, made_ntk, var1[i, x], std1[i, x], inv1[i, x], var2, std2, inv2, j, x if same else -1,
+                   mean_square, kink)
+        dest = uint64(((x_h % 3) * width + x_w) * padded_plane + lo_h * wp + lo_w)
+        for r in range(height):
+            for c in range(width):
+                slab[dest + uint64(r * wp + c)] = made[r * width + c]
+                if with_ntk:
+                    slab_ntk[dest + uint64(r * wp + c)] = made_ntk[r * width + c]
 
 
 @jit(inline="always", fastmath=False)

@@ -82,9 +82,55 @@ def fused_inputs_map(layers: Sequence[Layer], inputs: Inputs) -> tuple[Kernel, i
     summed, self1, self2 = conv.patch_sums(inputs, geom)
     identity = [[(0, 0, out)] for out, _, _ in geom]
     spec = _conv_spec(conv, identity, (1, 1), "identity", geom, shape[0])
+    following = None if run.pool is not None else _run(layers, run.length, (conv.out_channels, *spec["out_size"]))
+    if following is not None and _zero_padded(following.conv):
+        out = _chained(run, spec, following, inputs, summed, self1, self2)
+        return Kernel(same_inputs=inputs.same_inputs, **out), run.length + following.length
     out = _fused(run, spec, inputs.same_inputs, (summed, None), inputs.with_ntk, (self1, self2), lambda t: t,
                  lambda var: self_diagonal(var, 2))
     return Kernel(same_inputs=inputs.same_inputs, **out), run.length
+
+
+def _zero_padded(conv: Conv) -> bool:
+    """A Conv whose fused map reads its planes padded with zeros as it goes (``zero-padded``)."""
+    return conv.filter_shape == (3, 3) and conv.strides == (1, 1) and conv.padding != "circular"
+
+
+def _chained(run: _Run, spec: dict, following: _Run, inputs: Inputs, summed, self1, self2) -> dict:
+    """A network's first run (Conv and ReLU, from the window sums of its patches, ``spec``) and the
+    run after it in one compiled pass: the second Conv loads its input planes through the first
+    Conv and ReLU (``conv_relu_pool_padded`` with ``map_first``), so that the first ReLU's block,
+    NNGP and NTK, is never written, and the first run is computed only for the pairs the second
+    computes (for x2 = x1 with small output planes, i <= j). Entries equal the two runs' one after
+    the other bit for bit."""
+    a, b = run.activation.a, run.activation.b
+    mean_square = (a * a + b * b) / 2
+    conv_size = spec["out_size"]
+
+    def first_variances(var: torch.Tensor) -> torch.Tensor:
+        """The first Conv's output variance at each position (N, H' W'), from its window sums."""
+        out = _compiled.conv_variances(
+            self_diagonal(var, 2), spec["taps"], (1, 1), conv_size, spec["window"], spec["w2"], spec["b2"],
+            spec["ntk_parameterization"], spec["fan_in"],
+        )
+        return out.reshape(out.shape[0], -1)
+
+    def diagonal(var: torch.Tensor) -> torch.Tensor:
+        """The second Conv's input variance at each position, padded: the first ReLU's outputs'
+        self-covariances, where the correlation is 1 and the dual is ``mean_square`` times the
+        variance (in float64, then rounded, as the compiled dual computes it)."""
+        relu_var = (mean_square * first_variances(var).double()).to(var.dtype)
+        relu_var = relu_var.reshape(var.shape[0], *conv_size)
+        for axis, (_, lo, hi) in zip((1, 2), following.geom):
+            relu_var = pad_axis(relu_var, axis, lo, hi, "same")
+        return relu_var
+
+    conv2 = following.conv
+    taps = [[(j, 0, out) for j in range(3)] for out, _, _ in following.geom]
+    spec2 = _conv_spec(conv2, taps, (1, 1), "zero-padded", following.geom, run.conv.out_channels)
+    spec2["padding"] = (following.geom[0][1], following.geom[1][1])
+    return _fused(following, spec2, inputs.same_inputs, (summed, None), inputs.with_ntk, (self1, self2), lambda t: t,
+                  diagonal, first=(spec, (a, b), first_variances))
 
 
 class _Run(NamedTuple):
@@ -152,11 +198,12 @@ def _conv_spec(conv: Conv, taps, strides, layout: str, geom, in_channels: int) -
 
 
 def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: bool, variances: tuple, prepare,
-           diagonal) -> dict:
+           diagonal, first: tuple | None = None) -> dict:
     """The fields of the Kernel after a run, from the Conv's inputs: ``pairs`` (nngp, ntk) of the
     block (N1, N2, ...) and ``variances`` (var1, var2; None when they are the pairs' self-pairs),
     which ``prepare`` lays out for ``conv.conv_plane``; ``diagonal(var)``: the input variance at
-    each position (N, H, W), laid out alike."""
+    each position (N, H, W), laid out alike. With ``first`` = (conv spec, relu, variances(var)), a
+    network's first Conv and ReLU run too, from their window sums (see ``_chained``)."""
     conv_size = spec["out_size"]
     if run.pool is None:
         pool_spec = dict(pooling=False, taps=[[(0, 0, size)] for size in conv_size], strides=(1, 1), out_size=conv_size,
@@ -181,13 +228,15 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
         )
         return out.reshape(out.shape[0], -1)
 
-    def fused(t: torch.Tensor, ntk: torch.Tensor | None, zero_ntk: bool, pairs, variances, in_place: bool = False):
+    def fused(t: torch.Tensor, ntk: torch.Tensor | None, zero_ntk: bool, pairs, variances, in_place: bool = False,
+              first_variances: tuple | None = None):
         batch = t.shape[: t.ndim - 4]
         t = prepare(t)
         source = t.reshape(-1, *t.shape[-4:])
         source_ntk = None if ntk is None else prepare(ntk).reshape(source.shape)
+        chain = None if first is None else (first[0], first[1], first_variances)
         out, out_ntk = _compiled.conv_relu_pool(
-            source, source_ntk, spec, pairs, variances, relu, pool_spec, source.shape[0], zero_ntk, in_place
+            source, source_ntk, spec, pairs, variances, relu, pool_spec, source.shape[0], zero_ntk, in_place, chain
         )
         shape = (*batch, *out.shape[1:])
         return out.reshape(shape), None if out_ntk is None else out_ntk.reshape(shape)
@@ -199,24 +248,28 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
         var1 = self_pairs(nngp)
     d1 = conv_variances(var1)
     d2 = d1 if same_inputs else conv_variances(var2)
+    f1 = f2 = None
+    if first is not None:  # the first Conv's output variances, for its ReLU
+        f1 = first[2](var1)
+        f2 = f1 if same_inputs else first[2](var2)
     # x2 = x1: compute the pairs i <= j and write each also as (j, i), transposed; unless the
     # output planes are large, where the transposed writes, a page apart, cost more than the pair
     # (and a transposing copy after the kernel about as much)
     mirror = same_inputs and math.prod(pool_spec["out_size"]) <= MIRRORED_POSITIONS
     # the patch products are the caller's temporary: K overwrites them, plane by plane
     in_place = spec["layout"] == "identity" and run.pool is None and not mirror and nngp.is_contiguous()
-    nngp, ntk = fused(nngp, ntk, zero_ntk, _pairs(n1, n2, same_inputs, mirror), (d1, d2), in_place)
+    nngp, ntk = fused(nngp, ntk, zero_ntk, _pairs(n1, n2, same_inputs, mirror), (d1, d2), in_place, (f1, f2))
 
-    def self_covariances(var: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def self_covariances(var: torch.Tensor, d: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
         examples = torch.arange(var.shape[0])
         alone = torch.full_like(examples, -1)
         pairs = (examples, examples, examples, torch.ones(var.shape[0], dtype=torch.bool), examples, alone)
-        return fused(var, None, False, pairs, (d, d))[0]
+        return fused(var, None, False, pairs, (d, d), first_variances=(f, f))[0]
 
     if same_inputs:
         var1 = var2 = self_pairs(nngp).contiguous()
     else:
-        var1, var2 = self_covariances(var1, d1), self_covariances(var2, d2)
+        var1, var2 = self_covariances(var1, d1, f1), self_covariances(var2, d2, f2)
     return dict(
         nngp=nngp, ntk=ntk, var1=var1, var2=var2, feature_shape=(run.conv.out_channels, *pool_spec["out_size"]),
         is_gaussian=False,
