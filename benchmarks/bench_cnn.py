@@ -65,25 +65,26 @@ def render(rows, repeats, peer_note):
     return "\n".join(lines)
 
 
-#: Operations and memory traffic per kernel entry of Myrtle-5 at 32x32, counted from the kernel maps.
+#: Operations per kernel entry of Myrtle-5 at 32x32, counted from the kernel maps, and their measured cost.
 ARITHMETIC_LIMIT = (
     "How far from the limits (32x32, per entry = per pair of images): the two 32x32 Conv+ReLU "
-    "layers each hold (32*32)^2 = 1.05M covariances, the 16x16 and 8x8 ones 66k and 4k: 2.17M "
-    "covariance entries pass through a Conv+ReLU, for both the NNGP and the NTK. The first Conv is "
-    "a product of image patches (1024 x 27 by 27 x 1024, 57 MFLOP by BLAS). Each other 3x3 Conv is "
-    "8 adds per entry for each of NNGP and NTK and an affine map (4 flops and a division); the "
-    "ReLU dual is about 12 flops, an arc-cosine (a rational function: one division), a division "
-    "and two square roots. Measured on one core here, per covariance entry: the ReLU dual about "
-    "3.5 ns (its divisions and square roots, vectorized 4 wide), the Conv window sums about 3 ns "
-    "for both kernels, the affine map 1 ns: about 9 ns x 2.1M = 19 ms of arithmetic per entry on "
-    "one core, against ntkit's 40-45 ms of CPU time single-threaded. Memory traffic is no longer "
-    "the limit: a Conv, the ReLU after it and the pooling after that run as one compiled pass "
-    "over planes of the covariance that stay in cache (`ntkit.layers._fusion`), and only the "
-    "first layer's output (16 MB per pair) and the pooled planes are written. The two vCPUs act "
-    "as hyperthreads of one core (a second thread adds at most about 1.3x), so the arithmetic "
-    "floor with both is about 15 ms per entry: 10x neural-tangents (11-19 ms per entry, from its "
-    "111-187 ms in different runs here) sits at that floor. On a GPU (see Results: GPU) the torch "
-    "form took 0.53 ms per entry."
+    "layers each hold (32*32)^2 = 1.05M covariances, the 16x16 and 8x8 ones 66k and 4k, for both "
+    "the NNGP and the NTK. The first Conv is a product of image patches (1024 x 27 by 27 x 1024, "
+    "57 MFLOP by BLAS, about 2 ms per pair); the second 3x3 Conv is 8 adds per covariance for each "
+    "kernel and an affine map (two divisions); the ReLU dual about 12 flops, a division and two "
+    "square roots. Measured on one core, per covariance of the second layer, in its compiled pass "
+    "(`ntkit._compiled.fused`, taking each part out in turn): nine-tap sums 1.2 ns per kernel, the "
+    "affine map 2.6 ns, the ReLU dual 2.7 ns, the 2x2 pooling of the second image's axes 2.5 ns "
+    "(short strided rows): 13 ns in all; the first layer's affine map and ReLU, applied as the "
+    "second Conv loads its planes, add 5 ns. That is about 20 ms per pair of images computed, and "
+    "for x2 = x1 a block computes 3 pairs per 4 entries (i <= j): about 15 ms of CPU time per "
+    "entry plus the patches, against 18-19 ms measured single-threaded. No block of the first "
+    "ReLU's output is written any more, and the other planes stay in cache: the rest is "
+    "arithmetic, of which the divisions and square roots (about 5 ns of the 18) are the floor. "
+    "The two vCPUs act as hyperthreads of one core (a second thread adds at most about 1.3x), so "
+    "about 12-14 ms per entry is what this machine allows; 10x neural-tangents (its 147-209 ms in "
+    "different runs here) asks for 15-21 ms. On a GPU (see Results: GPU) the torch form takes "
+    "0.44 ms per entry."
 )
 
 
