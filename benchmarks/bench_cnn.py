@@ -84,7 +84,7 @@ ARITHMETIC_LIMIT = (
     "The two vCPUs act as hyperthreads of one core (a second thread adds at most about 1.3x), so "
     "about 12-14 ms per entry is what this machine allows; 10x neural-tangents (its 147-209 ms in "
     "different runs here) asks for 15-21 ms. On a GPU (see Results: GPU) the torch form takes "
-    "0.44 ms per entry."
+    "0.41 ms per entry."
 )
 
 
