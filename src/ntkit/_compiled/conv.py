@@ -231,11 +231,7 @@ def conv_padded_planes(start, stop, padded, padded_ntk, out, out_ntk, window, w2
                 bases[3 * jh + jw] = uint64(((a * hp + y_h + jh) * wp + y_w + jw) * hp * wp + jh * wp + jw)
         for buffer, src in ((acc, source), (acc_ntk, source_ntk)):
             if buffer.size > 0:
-                b0, b1, b2_, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
-                b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
-                for k in range(uint64(run)):
-                    buffer[k] = (((((((src[b0 + k] + src[b1 + k]) + src[b2_ + k]) + src[b3 + k]) + src[b4 + k])
-                                   + src[b5 + k]) + src[b6 + k]) + src[b7 + k]) + src[b8 + k]
+                nine_tap_run(src, bases, run, buffer)
         for y_hp in range(out_h):
             _write_row(acc[y_hp * wp : y_hp * wp + out_w], acc_ntk[y_hp * wp : y_hp * wp + out_w] if with_ntk else acc_ntk,
                        target, target_ntk, uint64((plane * out_h + y_hp) * out_w), out_w, with_ntk, window, w2, b2,
@@ -277,6 +273,28 @@ TAPS, PADDED, IDENTITY = 0, 1, 2
 
 
 @jit(inline="always", fastmath=False)
+def nine_tap_run(src, bases, run, out):
+    """``out[k]``, k < ``run``: the nine taps' sum ``src[bases[t] + k]`` in tap order, in one pass
+    (the bases held as scalars, so that the loop vectorizes)."""
+    b0, b1, b2, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
+    b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
+    for k in range(uint64(run)):
+        out[k] = (((((((src[b0 + k] + src[b1 + k]) + src[b2 + k]) + src[b3 + k]) + src[b4 + k]) + src[b5 + k])
+                   + src[b6 + k]) + src[b7 + k]) + src[b8 + k]
+
+
+@jit(inline="always", fastmath=False)
+def padded_plane_sums(src, bases, scratch, plane, out_h, out_w, padded_width):
+    """A plane's window sums from inputs padded on the second image's axes (rows of
+    ``padded_width``): one run over the padded rows into ``scratch``, then the entries that are
+    outputs (not padding columns) into ``plane`` (H' W')."""
+    nine_tap_run(src, bases, (out_h - 1) * padded_width + out_w, scratch)
+    for y_hp in range(out_h):
+        for e in range(out_w):
+            plane[y_hp * out_w + e] = scratch[y_hp * padded_width + e]
+
+
+@jit(inline="always", fastmath=False)
 def tap_source(taps, tap, y, stride):
     """The input index that tap ``tap`` of a (source, target, count) table adds to output ``y``,
     or -1 where it reaches none."""
@@ -299,14 +317,7 @@ def _plane_sums(flat, shape, taps_h, taps_w, stride_h, stride_w, layout, a, y_h,
         for jh in range(3):
             for jw in range(3):
                 bases[3 * jh + jw] = uint64(((a * height + y_h + jh) * width + y_w + jw) * height * width + jh * width + jw)
-        b0, b1, b2, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
-        b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
-        for k in range(uint64((out_h - 1) * width + out_w)):
-            scratch[k] = (((((((flat[b0 + k] + flat[b1 + k]) + flat[b2 + k]) + flat[b3 + k]) + flat[b4 + k])
-                            + flat[b5 + k]) + flat[b6 + k]) + flat[b7 + k]) + flat[b8 + k]
-        for y_hp in range(out_h):
-            for e in range(out_w):
-                plane[y_hp * out_w + e] = scratch[y_hp * width + e]
+        padded_plane_sums(flat, bases, scratch, plane, out_h, out_w, width)
         return
     three = taps_h.shape[0] == 3 and taps_w.shape[0] == 3 and stride_h == 1 and stride_w == 1
     inner_lo = max(taps_w[0, 1], max(taps_w[1, 1], taps_w[2, 1])) if three else 0

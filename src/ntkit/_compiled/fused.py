@@ -31,7 +31,7 @@ import numpy as np
 from numba import uint64
 
 from ._jit import jit
-from .conv import _write_row, conv_plane, tap_source
+from .conv import _write_row, conv_plane, padded_plane_sums, tap_source
 from .relu import relu_plane
 
 
@@ -215,9 +215,9 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
                     origin = uint64((place[pair] * positions + y) * positions)
                     made = target[origin : origin + positions]
                     made_ntk = target_ntk[origin : origin + positions] if with_ntk else plane_ntk
-                _padded_sums(slab, bases, run, scratch, made, conv_h, conv_w, wp)
+                padded_plane_sums(slab, bases, scratch, made, conv_h, conv_w, wp)
                 if read_ntk:
-                    _padded_sums(slab_ntk, bases, run, scratch, made_ntk, conv_h, conv_w, wp)
+                    padded_plane_sums(slab_ntk, bases, scratch, made_ntk, conv_h, conv_w, wp)
                 elif with_ntk:
                     made_ntk[:] = 0.0
                 _write_row(made, made_ntk, made, made_ntk, uint64(0), positions, with_ntk, window, w2, b2, with_bias,
@@ -283,20 +283,6 @@ def _load_mapped_row(flat, slab, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp
                 slab[dest + uint64(r * wp + c)] = made[r * width + c]
                 if with_ntk:
                     slab_ntk[dest + uint64(r * wp + c)] = made_ntk[r * width + c]
-
-
-@jit(inline="always", fastmath=False)
-def _padded_sums(slab, bases, run, scratch, plane, conv_h, conv_w, wp):
-    """The nine taps' sums of one plane over the padded run (as ``conv._plane_sums``, "padded"),
-    then the run's entries that are outputs into ``plane``."""
-    b0, b1, b2, b3, b4 = bases[0], bases[1], bases[2], bases[3], bases[4]
-    b5, b6, b7, b8 = bases[5], bases[6], bases[7], bases[8]
-    for k in range(uint64(run)):
-        scratch[k] = (((((((slab[b0 + k] + slab[b1 + k]) + slab[b2 + k]) + slab[b3 + k]) + slab[b4 + k])
-                        + slab[b5 + k]) + slab[b6 + k]) + slab[b7 + k]) + slab[b8 + k]
-    for y_hp in range(conv_h):
-        for e in range(conv_w):
-            plane[y_hp * conv_w + e] = scratch[y_hp * wp + e]
 
 
 @jit(inline="always", fastmath=False)
