@@ -250,8 +250,6 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
     with_ntk = src_ntk is not None or zero_ntk
     out_ntk = cpu_empty(shape, src.dtype) if with_ntk else out.new_empty((0, 0, 0, 0, 0))
     source_ntk = _array(src_ntk) if src_ntk is not None else out.new_empty((0, 0, 0, 0, 0)).numpy()
-    taps_h, taps_w = _tap_tables(conv["taps"])
-    layout = {"taps": TAPS, "padded": PADDED, "identity": IDENTITY, "zero-padded": -1}[conv["layout"]]
     pool_h, pool_w = _tap_tables(pool["taps"])
     (var1, std1, inv1), (var2, std2, inv2) = ((v, *roots(v)) for v in (_array(t) for t in variances))
     source, first, second, same, place, mirror = (_array(t) for t in pairs)
@@ -280,6 +278,8 @@ def conv_relu_pool(src: torch.Tensor, src_ntk: torch.Tensor | None, conv: dict, 
             *mapped, cost=conv_h * conv_w * conv_w * 16,
         )
         return out, out_ntk if with_ntk else None
+    taps_h, taps_w = _tap_tables(conv["taps"])
+    layout = {"taps": TAPS, "padded": PADDED, "identity": IDENTITY}[conv["layout"]]
     planes = len(source) * pool["out_size"][0] * pool["out_size"][1]
     run_rows(
         fused.conv_relu_pool, planes, _array(src), source_ntk, zero_ntk, taps_h, taps_w, *conv["strides"], layout,

@@ -93,20 +93,9 @@ def conv_relu_pool(start, stop, src, src_ntk, zero_ntk, taps_h, taps_w, stride_h
                 if with_ntk:
                     _pool_plane(plane_ntk, total_ntk, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool_stride_w)
         p = p_h * out_w + p_w
-        origin = uint64((place[pair] * pooled + p) * pooled)
-        for e in range(pooled):
-            total[e] *= scale
-            target[origin + e] = total[e]
+        _write_pooled(total, target, place[pair], mirror[pair], p, pooled, scale)
         if with_ntk:
-            for e in range(pooled):
-                total_ntk[e] *= scale
-                target_ntk[origin + e] = total_ntk[e]
-        if mirror[pair] >= 0:  # the pair (j, i): the transposed planes
-            transposed = uint64(mirror[pair] * pooled * pooled + p)
-            for e in range(pooled):
-                target[transposed + uint64(e * pooled)] = total[e]
-                if with_ntk:
-                    target_ntk[transposed + uint64(e * pooled)] = total_ntk[e]
+            _write_pooled(total_ntk, target_ntk, place[pair], mirror[pair], p, pooled, scale)
 
 
 @jit(inline="always", fastmath=False)
@@ -251,9 +240,15 @@ def _load_row(flat, slab, a, x_h, height, width, lo_h, lo_w, wp, padded_plane):
     for x_w in range(width):
         origin = uint64(((a * height + x_h) * width + x_w) * height * width)
         dest = uint64(((x_h % 3) * width + x_w) * padded_plane + lo_h * wp + lo_w)
-        for r in range(height):
-            for c in range(width):
-                slab[dest + uint64(r * wp + c)] = flat[origin + uint64(r * width + c)]
+        _padded_copy(flat, origin, slab, dest, height, width, wp)
+
+
+@jit(inline="always", fastmath=False)
+def _padded_copy(src, origin, slab, dest, height, width, wp):
+    """The plane ``src[origin:]`` (H W) into rows of ``wp`` from ``slab[dest]``."""
+    for r in range(height):
+        for c in range(width):
+            slab[dest + uint64(r * wp + c)] = src[origin + uint64(r * width + c)]
 
 
 @jit(inline="always", fastmath=False)
@@ -270,19 +265,16 @@ def _load_mapped_row(flat, slab, slab_ntk, a, x_h, height, width, lo_h, lo_w, wp
     for x_w in range(width):
         x = x_h * width + x_w
         origin = uint64(((a * height + x_h) * width + x_w) * positions)
-        made, made_ntk = plane, plane_ntk
         if with_ntk:
-            made_ntk[:] = 0.0
-        _write_row(flat[origin : origin + uint64(positions)], made_ntk, made, made_ntk, uint64(0), positions, with_ntk,
-                   window, w2, b2, with_bias, ntk_parameterization, fan_in)
-        relu_plane(made, made_ntk, var1[i, x], std1[i, x], inv1[i, x], var2, std2, inv2, j, x if same else -1,
+            plane_ntk[:] = 0.0
+        _write_row(flat[origin : origin + uint64(positions)], plane_ntk, plane, plane_ntk, uint64(0), positions,
+                   with_ntk, window, w2, b2, with_bias, ntk_parameterization, fan_in)
+        relu_plane(plane, plane_ntk, var1[i, x], std1[i, x], inv1[i, x], var2, std2, inv2, j, x if same else -1,
                    mean_square, kink)
         dest = uint64(((x_h % 3) * width + x_w) * padded_plane + lo_h * wp + lo_w)
-        for r in range(height):
-            for c in range(width):
-                slab[dest + uint64(r * wp + c)] = made[r * width + c]
-                if with_ntk:
-                    slab_ntk[dest + uint64(r * wp + c)] = made_ntk[r * width + c]
+        _padded_copy(plane, uint64(0), slab, dest, height, width, wp)
+        if with_ntk:
+            _padded_copy(plane_ntk, uint64(0), slab_ntk, dest, height, width, wp)
 
 
 @jit(inline="always", fastmath=False)
@@ -303,6 +295,4 @@ def _write_pooled(total, target, place, mirror, p, pooled, scale):
         total[e] *= scale
         target[origin + e] = total[e]
     if mirror >= 0:
-        transposed = uint64(mirror * pooled * pooled + p)
-        for e in range(pooled):
-            target[transposed + uint64(e * pooled)] = total[e]
+        _write_transposed(total, target, mirror, p, pooled)

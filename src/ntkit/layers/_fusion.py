@@ -47,16 +47,13 @@ def fused_map(layers: Sequence[Layer], index: int, k) -> tuple[Kernel, int] | No
     if run is None or k.diagonal or not layers[index]._fused(k):
         return None
     conv, geom = layers[index], run.geom
-    if conv.filter_shape == (3, 3) and conv.strides == (1, 1) and conv.padding != "circular":
-        # zero padding: the kernel pads the planes as it reads them, every tap then inside
-        prepare, padded, layout = (lambda t: t), True, "zero-padded"
+    if _zero_padded(conv):  # the kernel pads the planes as it reads them
+        prepare, padded, spec = (lambda t: t), True, _zero_padded_spec(conv, geom, k.feature_shape[0])
     else:
         prepare, taps, padded = conv._compiled_source(tuple(k.feature_shape[1:]), geom)
-        layout = "padded" if padded else "taps"
-    if padded:  # the variances' sums need the taps listed
-        taps = [[(j, 0, out) for j in range(3)] for out, _, _ in geom]
-    spec = _conv_spec(conv, taps, conv.strides, layout, geom, k.feature_shape[0])
-    spec["padding"] = (geom[0][1], geom[1][1])
+        if padded:  # every tap inside; the variances' sums need them listed
+            taps = _inside_taps(geom)
+        spec = _conv_spec(conv, taps, conv.strides, "padded" if padded else "taps", geom, k.feature_shape[0])
 
     def variances(var: torch.Tensor) -> torch.Tensor:
         diagonal = self_diagonal(var, 2)
@@ -96,6 +93,27 @@ def _zero_padded(conv: Conv) -> bool:
     return conv.filter_shape == (3, 3) and conv.strides == (1, 1) and conv.padding != "circular"
 
 
+def _inside_taps(geom) -> list:
+    """The taps of a 3x3 filter on inputs padded as ``geom`` says: every tap inside."""
+    return [[(j, 0, out) for j in range(3)] for out, _, _ in geom]
+
+
+def _zero_padded_spec(conv: Conv, geom, in_channels: int) -> dict:
+    spec = _conv_spec(conv, _inside_taps(geom), (1, 1), "zero-padded", geom, in_channels)
+    spec["padding"] = (geom[0][1], geom[1][1])
+    return spec
+
+
+def _output_variances(spec: dict, diagonal: torch.Tensor) -> torch.Tensor:
+    """A Conv's output variance at each position (N, H' W'), from its input variances
+    ``diagonal`` (N, H, W), laid out as ``spec``'s taps read them."""
+    out = _compiled.conv_variances(
+        diagonal, spec["taps"], spec["strides"], spec["out_size"], spec["window"], spec["w2"], spec["b2"],
+        spec["ntk_parameterization"], spec["fan_in"],
+    )
+    return out.reshape(out.shape[0], -1)
+
+
 def _chained(run: _Run, spec: dict, following: _Run, inputs: Inputs, summed, self1, self2) -> dict:
     """A network's first run (Conv and ReLU, from the window sums of its patches, ``spec``) and the
     run after it in one compiled pass: the second Conv loads its input planes through the first
@@ -109,11 +127,7 @@ def _chained(run: _Run, spec: dict, following: _Run, inputs: Inputs, summed, sel
 
     def first_variances(var: torch.Tensor) -> torch.Tensor:
         """The first Conv's output variance at each position (N, H' W'), from its window sums."""
-        out = _compiled.conv_variances(
-            self_diagonal(var, 2), spec["taps"], (1, 1), conv_size, spec["window"], spec["w2"], spec["b2"],
-            spec["ntk_parameterization"], spec["fan_in"],
-        )
-        return out.reshape(out.shape[0], -1)
+        return _output_variances(spec, self_diagonal(var, 2))
 
     def diagonal(var: torch.Tensor) -> torch.Tensor:
         """The second Conv's input variance at each position, padded: the first ReLU's outputs'
@@ -125,10 +139,7 @@ def _chained(run: _Run, spec: dict, following: _Run, inputs: Inputs, summed, sel
             relu_var = pad_axis(relu_var, axis, lo, hi, "same")
         return relu_var
 
-    conv2 = following.conv
-    taps = [[(j, 0, out) for j in range(3)] for out, _, _ in following.geom]
-    spec2 = _conv_spec(conv2, taps, (1, 1), "zero-padded", following.geom, run.conv.out_channels)
-    spec2["padding"] = (following.geom[0][1], following.geom[1][1])
+    spec2 = _zero_padded_spec(following.conv, following.geom, run.conv.out_channels)
     return _fused(following, spec2, inputs.same_inputs, (summed, None), inputs.with_ntk, (self1, self2), lambda t: t,
                   diagonal, first=(spec, (a, b), first_variances))
 
@@ -222,11 +233,7 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
 
     def conv_variances(var: torch.Tensor) -> torch.Tensor:
         """The Conv outputs' variance at each position, (N, H' W')."""
-        out = _compiled.conv_variances(
-            diagonal(var), spec["taps"], spec["strides"], conv_size, spec["window"], spec["w2"], spec["b2"],
-            spec["ntk_parameterization"], spec["fan_in"],
-        )
-        return out.reshape(out.shape[0], -1)
+        return _output_variances(spec, diagonal(var))
 
     def fused(t: torch.Tensor, ntk: torch.Tensor | None, zero_ntk: bool, pairs, variances, in_place: bool = False,
               first_variances: tuple | None = None):
