@@ -114,6 +114,39 @@ def conv_residual_batchnorm():
     return model.eval(), (2, 5, 5)
 
 
+class Normalizations(nn.Module):
+    """BatchNorm (eval) on vectors and sequences, GroupNorm, and LayerNorm over several axes,
+    with non-trivial affine parameters and running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1)
+        self.bn_sequence = nn.BatchNorm1d(4)
+        self.group = nn.GroupNorm(2, 4)
+        self.layer = nn.LayerNorm((4, 5))
+        self.dense = nn.Linear(20, 6)
+        self.bn_vector = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):  # x: (N, 2, 5)
+        h = torch.tanh(self.bn_sequence(self.conv(x)))
+        h = self.layer(torch.relu(self.group(h)))
+        return self.head(torch.sin(self.bn_vector(self.dense(h.flatten(1)))))
+
+
+def normalizations():
+    model = Normalizations()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval(), (2, 5)
+
+
 def ntkit_network():
     net = nk.serial(
         nk.Dense(6, W_std=1.5, b_std=0.1), nk.ReLU(), nk.Dense(6, W_std=1.2, b_std=0.05, parameterization="standard"),
@@ -164,7 +197,7 @@ def embedding():
 MODELS = {
     "mlp": mlp, "cnn": cnn, "cnn_maxpool_1d": cnn_maxpool_1d, "cnn_3d": cnn_3d, "residual": residual,
     "layer_norm": layer_norm, "custom": custom, "conv_residual_batchnorm": conv_residual_batchnorm,
-    "ntkit_network": ntkit_network, "transformer": transformer, "embedding": embedding,
+    "normalizations": normalizations, "ntkit_network": ntkit_network, "transformer": transformer, "embedding": embedding,
     "time_major": time_major,
 }
 

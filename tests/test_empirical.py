@@ -80,6 +80,24 @@ def test_chunks_and_memory_budget_do_not_change_the_kernel(implementation):
         assert relative_error(empirical_ntk(model, x1, x2, implementation=implementation, **options), whole) <= EXACT
 
 
+@pytest.mark.parametrize("name", ["cnn", "conv_residual_batchnorm"])
+def test_chunks_of_one_batch_are_each_analysed_once(name, monkeypatch):
+    """With x2 = x1 and features that fit, every chunk's features are computed once (the row of
+    a chunk reuses its features from the column cache), and the kernel does not change."""
+    from ntkit.empirical._structured import Structured
+
+    model, x1, _ = build(name)
+    x = torch.cat([x1, x1.flip(0) + 0.5])  # 8 examples
+    whole = empirical_ntk(model, x, implementation="structured")
+    calls = []
+    features = Structured.features
+    monkeypatch.setattr(Structured, "features", lambda self, p, x: calls.append(len(x)) or features(self, p, x))
+    chunked = empirical_ntk(model, x, implementation="structured", batch_size=3)
+    assert calls == [3, 3, 2]
+    assert relative_error(chunked, whole) <= EXACT
+    assert torch.equal(chunked, chunked.T)
+
+
 def test_parameter_subsets():
     model, x1, x2 = build("mlp")
     readout = model[-1]
@@ -164,7 +182,20 @@ def test_auto_prefers_structured_for_linear_and_convolutional_networks():
         assert make_implementation("auto", problem, problem.structure, 1e9).name == "structured"
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "residual", "ntkit_network", "time_major"])
+@pytest.mark.parametrize("name", ["normalizations", "conv_residual_batchnorm", "layer_norm"])
+def test_normalization_layers_are_structured(name):
+    """BatchNorm (eval), GroupNorm and LayerNorm parameters go through their rules, not autodiff,
+    so these models take the batched path (their kernels are checked against brute force above)."""
+    from ntkit.empirical._problem import Problem
+    from ntkit.empirical._structured import _batched_path
+
+    model, x1, x2 = build(name)
+    problem = Problem(model, x1, x2)
+    assert problem.structure.fallback == []
+    assert _batched_path(problem.structure)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual", "ntkit_network", "time_major", "normalizations"])
 def test_structured_per_example_and_batched_paths_agree(name):
     """The batched autograd path (no fallback parameters, example axis leading everywhere) and
     the per-example torch.func path (used under vmap by monte_carlo_kernel) give one kernel."""

@@ -36,6 +36,10 @@ class Implementation:
         """Approximate working memory per example of a chunk."""
         raise NotImplementedError
 
+    def bytes_kept_per_example(self) -> float:
+        """Memory per example of a chunk's features once computed (kept for later blocks)."""
+        return self.bytes_per_example()
+
     @classmethod
     def cost(cls, problem: Problem, structure: Structure, n1: int, n2: int) -> float:
         """Approximate floating-point operations for an (n1, n2) kernel (the ``auto`` rule)."""

@@ -2,7 +2,8 @@
 
 A kernel between ``x1`` and ``x2`` is computed from chunks of at most ``chunk`` examples: each
 chunk's features (Jacobians, layer inputs and cotangents, outputs) are computed once per row of
-blocks, and the column chunks' features are kept when they all fit in half the budget. With
+blocks, and the column chunks' features are kept when they all fit in half the budget (then,
+with ``x2 = x1``, every chunk's features are computed once). With
 ``x2 = x1`` only the blocks on and above the diagonal are computed; the others are their
 transposes, and the diagonal blocks are symmetrized, so the kernel is exactly symmetric.
 """
@@ -89,7 +90,7 @@ def assemble(features, contract, x1, x2, same: bool, batch_diagonal: bool, chunk
     cache = {}
     with tqdm(total=n_blocks, desc=desc, disable=_quiet(progress, n_blocks)) as bar:
         for i, r in enumerate(rows):
-            f1 = features(x1[r])
+            f1 = cache.pop(i) if same and i in cache else features(x1[r])  # no later row reads it
             for j, c in enumerate(cols):
                 if same and j < i:
                     continue
@@ -108,6 +109,4 @@ def assemble(features, contract, x1, x2, same: bool, batch_diagonal: bool, chunk
                 if same and i != j:
                     out[c, r] = transpose(block)
                 bar.update()
-            if same and cache_columns:
-                cache[i] = f1
     return out

@@ -58,7 +58,8 @@ def empirical_ntk(
           :math:`O P` is large relative to a forward pass or Jacobians do not fit in memory.
         - ``"structured"``: Linear, Conv1d/2d/3d and ntkit ``Dense`` layers through their
           inputs and cotangents, :math:`(a_1 a_2^\\top) \\circ (g_1 g_2^\\top)` (through patches
-          for convolutions), other modules' parameters by autodiff. Cost
+          for convolutions), the affine parameters of BatchNorm (eval mode), GroupNorm and
+          LayerNorm through their normalized inputs, other modules' parameters by autodiff. Cost
           :math:`N O\\,[\\mathrm{FP}]` plus small Gram matrices: the fastest for networks made
           mostly of such layers. Needs a model that treats examples independently.
         - ``"auto"``: the cheapest by a cost estimate from the model's sizes (see
@@ -165,7 +166,7 @@ class EmpiricalNtkFn:
                 problem.axes.batch_diagonal,
                 chunk,
                 transpose=problem.axes.transpose,
-                cache_columns=problem.x2.shape[0] * per_example <= budget / 2,
+                cache_columns=problem.x2.shape[0] * chosen.bytes_kept_per_example() <= budget / 2,
                 progress=self.progress,
                 desc=f"empirical NTK ({chosen.name})",
             )

@@ -13,9 +13,10 @@ recorded input and cotangent of one call into ``U`` of shape ``(n, L, groups, F_
 of shape ``(n, O, L, groups, F_out)``; several calls of one module concatenate along ``L``.
 
 Discovery runs the model once on one example, watching every torch function call: a layer is
-handled by its rule only if it is exactly ``torch.nn.Linear``, ``Conv1d/2d/3d`` or ntkit's
-``Dense`` and each of its chosen parameters is used once per call, inside its own ``forward``
-(so a weight tied to another layer, or read by a parent, falls back to autodiff).
+handled by its rule only if it is exactly ``torch.nn.Linear``, ``Conv1d/2d/3d``, ntkit's
+``Dense`` or a normalization layer (its affine map, ``_normalization``), and each of its chosen
+parameters is used once per call, inside its own ``forward`` (so a weight tied to another layer,
+or read by a parent, falls back to autodiff).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from ._normalization import normalization_rule
 from ._problem import Problem, _close, composite_kernels
 
 
@@ -123,9 +125,10 @@ def rule_for(module: nn.Module):
     """The rule for exactly this module type, or None (subclasses may change ``forward``)."""
     from ..layers.dense import Dense
 
-    return {
+    rule = {
         nn.Linear: LinearRule, nn.Conv1d: ConvRule, nn.Conv2d: ConvRule, nn.Conv3d: ConvRule, Dense: DenseRule,
     }.get(type(module))
+    return rule or normalization_rule(module)
 
 
 @dataclasses.dataclass

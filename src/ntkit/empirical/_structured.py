@@ -13,7 +13,11 @@ neural tangent kernel", Sec. 4 "structured derivatives"). For convolutions eithe
 path* (cost :math:`N_1 N_2 L^2 (F_{in} + O F_{out})`) or the *explicit path*, forming the
 per-example weight Jacobian :math:`J^o = \\sum_l g^o_l u_l^\\top` (cost
 :math:`N O L F_{in} F_{out}`) and contracting it (:math:`N_1 N_2 O F_{in} F_{out}`), is taken,
-whichever is cheaper for the block at hand. Biases contribute :math:`s_b^2 (\\sum_l g^o_{il})
+whichever is cheaper for the block at hand. A layer whose Jacobian is no larger than its
+recorded inputs and cotangents (a convolution over many positions, a normalization layer's
+affine map) keeps only the Jacobian, formed once per example: smaller features, which the
+driver can then keep for every column of blocks, and a contraction cheaper than the Gram path.
+Biases contribute :math:`s_b^2 (\\sum_l g^o_{il})
 \\cdot (\\sum_m g^{o'}_{jm})`.
 
 The inputs ``u`` are recorded by forward hooks; the cotangents ``g`` are the gradients of
@@ -34,16 +38,12 @@ from ._base import Implementation, contract_jacobians
 
 
 class _Features:
-    """One chunk's layer inputs ``U`` and cotangents ``G`` (split by output axes), fallback
-    Jacobians, and the explicit layer Jacobians once some block has needed them."""
+    """One chunk's features: per layer its inputs ``U`` and cotangents ``G`` (split by output
+    axes), or None where the layer's Jacobians are in ``jacobians``, with those of the other
+    modules' parameters (each ``(n, Dg, K, T, P)``, already multiplied by its scale)."""
 
-    def __init__(self, patches, cotangents, fallback):
-        self.patches, self.cotangents, self.fallback = patches, cotangents, fallback
-        self.explicit = {}
-
-    @property
-    def n(self) -> int:
-        return self.cotangents[0].shape[0] if self.cotangents else self.fallback[0].shape[0]
+    def __init__(self, patches, cotangents, jacobians, n):
+        self.patches, self.cotangents, self.jacobians, self.n = patches, cotangents, jacobians, n
 
 
 class Structured(Implementation):
@@ -143,7 +143,9 @@ class Structured(Implementation):
 
     def _assemble(self, inputs, cotangents, fallback_jacobians):
         """Per layer: patches ``(n, L, groups, F_in)`` and cotangents ``(n, Dg, K, T, L, groups,
-        F_out)``, several calls concatenated along L; fallback Jacobians ``(n, Dg, K, T, P)``."""
+        F_out)``, several calls concatenated along L, or, for a layer whose Jacobian is no larger
+        than them (``_keeps_jacobian``), that Jacobian, formed here once per example; fallback
+        Jacobians ``(n, Dg, K, T, P)``."""
         structure, axes = self.structure, self.axes
         modules = [layer.module for layer in structure.layers]
         patches, grads = [[] for _ in modules], [[] for _ in modules]
@@ -155,16 +157,40 @@ class Structured(Implementation):
         grads = [torch.cat(g, dim=2) if len(g) > 1 else g[0] for g in grads]
         # (n, O, L, groups, F_out) -> (n, Dg, K, T, L, groups, F_out): O is ordered (Dg, K, T)
         grads = [g.reshape(g.shape[0], axes.Dg, axes.K, axes.T, *g.shape[2:]) for g in grads]
-        fallback = [j.reshape(j.shape[0], axes.Dg, axes.K, axes.T, -1) for j in fallback_jacobians.values()]
-        return _Features(patches, grads, fallback)
+        jacobians = [j.reshape(j.shape[0], axes.Dg, axes.K, axes.T, -1) for j in fallback_jacobians.values()]
+        n = grads[0].shape[0] if grads else jacobians[0].shape[0]
+        for index, layer in enumerate(structure.layers):
+            if not self._keeps_jacobian(layer):
+                continue
+            s_w, s_b = layer.rule.scales(layer.module)
+            if layer.weight is not None:
+                jacobians.append(_scaled(_weight_jacobian(grads[index], patches[index]), s_w))
+            if layer.bias is not None:
+                jacobians.append(_scaled(_bias_jacobian(grads[index]), s_b))
+            patches[index] = grads[index] = None
+        return _Features(patches, grads, jacobians, n)
+
+    def _keeps_jacobian(self, layer) -> bool:
+        """Whether a layer's per-example Jacobian is kept instead of its inputs and cotangents:
+        when it is no larger than they are (a convolution with many positions, a normalization
+        layer's affine map). Its contraction is then also cheaper than the Gram path, and it is
+        formed once per example instead of once per block."""
+        if layer.positions == 1 and layer.groups == 1:
+            return False  # one position: (a1 a2^T) o (g1 g2^T) is cheaper
+        o = self.axes.n_outputs
+        jacobian = o * layer.groups * layer.fan_in * layer.fan_out
+        recorded = layer.positions * layer.groups * (layer.fan_in + o * layer.fan_out)
+        return jacobian <= recorded
 
     # -- contraction ----------------------------------------------------------------------------
 
     def contract(self, f1, f2, diagonal=False):
         total = None
         for index, layer in enumerate(self.structure.layers):
-            s_w, s_b = layer.rule.scales(layer.module)
             u1, u2 = f1.patches[index], f2.patches[index]
+            if u1 is None:  # its Jacobians are in f.jacobians
+                continue
+            s_w, s_b = layer.rule.scales(layer.module)
             g1, g2 = f1.cotangents[index], f2.cotangents[index]
             if u1.shape[1] == 1 and u2.shape[1] == 1 and layer.groups == 1:
                 # one position: (a1 a2^T) o (g1 g2^T) for the weight, g1 g2^T for the bias
@@ -177,25 +203,18 @@ class Structured(Implementation):
                     total = _add(total, b, s_b**2)
                 continue
             if layer.weight is not None:
-                if self._gram_is_cheaper(layer, f1.n, f2.n, diagonal, f1, f2, index):
+                if self._gram_is_cheaper(layer, f1.n, f2.n, diagonal, f1 is f2):
                     block = self._gram(u1, u2, g1, g2, diagonal)
-                else:
-                    block = contract_jacobians(self._explicit(f1, index), self._explicit(f2, index), diagonal)
+                else:  # formed for this block only: a Jacobian larger than the recorded tensors
+                    j1 = _weight_jacobian(g1, u1)
+                    j2 = j1 if f2 is f1 else _weight_jacobian(g2, u2)
+                    block = contract_jacobians(j1, j2, diagonal)
                 total = _add(total, block, s_w**2)
             if layer.bias is not None:
-                b1, b2 = (g.sum(dim=4).flatten(4) for g in (g1, g2))
-                total = _add(total, contract_jacobians(b1, b2, diagonal), s_b**2)
-        for j1, j2 in zip(f1.fallback, f2.fallback):
+                total = _add(total, contract_jacobians(_bias_jacobian(g1), _bias_jacobian(g2), diagonal), s_b**2)
+        for j1, j2 in zip(f1.jacobians, f2.jacobians):
             total = _add(total, contract_jacobians(j1, j2, diagonal), 1.0)
         return total / self.axes.T
-
-    def _explicit(self, features, index):
-        """Per-example weight Jacobian :math:`\\sum_l g_l u_l^\\top`, shape (n, Dg, K, T, P)."""
-        if index not in features.explicit:
-            g, u = features.cotangents[index], features.patches[index]
-            j = torch.einsum("idktlgf,ilgh->idktgfh", g, u)
-            features.explicit[index] = j.flatten(4)
-        return features.explicit[index]
 
     @staticmethod
     def _gram(u1, u2, g1, g2, diagonal):
@@ -208,7 +227,7 @@ class Structured(Implementation):
         b = torch.einsum("idktlf,jdstmf->ijdkslm", g1, g2)
         return torch.einsum("ijlm,ijdkslm->ijdks", a, b)
 
-    def _gram_is_cheaper(self, layer, n1, n2, diagonal, f1, f2, index) -> bool:
+    def _gram_is_cheaper(self, layer, n1, n2, diagonal, same_features) -> bool:
         if layer.groups != 1:
             return False
         axes = self.axes
@@ -220,22 +239,42 @@ class Structured(Implementation):
         if positions > 1 and memory > self.memory_budget / 4:
             return False
         weights = layer.fan_in * layer.fan_out
-        forming = sum(f.n for f in (f1, f2) if index not in f.explicit) * axes.n_outputs * positions * weights
+        forming = (n1 if same_features else n1 + n2) * axes.n_outputs * positions * weights
         explicit = forming + n1 * n2 * pairs * weights
         return gram <= explicit
 
     # -- budget and cost ----------------------------------------------------------------------------
 
     def bytes_per_example(self):
-        structure, o = self.structure, self.axes.n_outputs
-        elements = self._backward_memory()
-        for layer in structure.layers:
+        """The larger of the features' computation (activations kept for the backward pass, every
+        layer's inputs and cotangents, the Jacobians formed from them) and a block's contraction
+        (the kept features, and the largest Jacobian formed for one block)."""
+        o = self.axes.n_outputs
+        recorded = kept = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
+        largest = 0
+        for layer in self.structure.layers:
             inputs = layer.positions * layer.groups * layer.fan_in
-            elements += inputs + o * layer.positions * layer.groups * layer.fan_out
-            if layer.positions > 1:  # may take the explicit path: the Jacobian and its patches
-                elements += o * layer.groups * layer.fan_in * layer.fan_out + inputs
-        elements += o * sum(self.problem.params[name].numel() for name in structure.fallback)
-        return self.problem.itemsize * elements
+            outputs = o * layer.positions * layer.groups * layer.fan_out
+            recorded += inputs + outputs
+            if self._keeps_jacobian(layer):
+                jacobian = o * layer.groups * (layer.fan_in * layer.fan_out + layer.fan_out)
+                recorded, kept = recorded + jacobian, kept + jacobian
+            else:
+                kept += inputs + outputs
+                if layer.positions > 1:
+                    largest = max(largest, o * layer.groups * layer.fan_in * layer.fan_out)
+        return self.problem.itemsize * max(self._backward_memory() + recorded, kept + largest)
+
+    def bytes_kept_per_example(self):
+        """What a chunk's features keep once computed (the driver's column cache)."""
+        o = self.axes.n_outputs
+        kept = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
+        for layer in self.structure.layers:
+            if self._keeps_jacobian(layer):
+                kept += o * layer.groups * (layer.fan_in * layer.fan_out + layer.fan_out)
+            else:
+                kept += layer.positions * layer.groups * (layer.fan_in + o * layer.fan_out)
+        return self.problem.itemsize * kept
 
     @classmethod
     def cost(cls, problem, structure, n1, n2):
@@ -250,6 +289,20 @@ class Structured(Implementation):
             total += 2 * (explicit if layer.groups > 1 else min(explicit, gram))
         fallback = sum(problem.params[name].numel() for name in structure.fallback)
         return total + 2 * n1 * n2 * axes.n_pairs * fallback
+
+
+def _weight_jacobian(g, u):
+    """Per-example weight Jacobian :math:`\\sum_l g_l u_l^\\top`, shape (n, Dg, K, T, P)."""
+    return torch.einsum("idktlgf,ilgh->idktgfh", g, u).flatten(4)
+
+
+def _bias_jacobian(g):
+    """Per-example bias Jacobian :math:`\\sum_l g_l`, shape (n, Dg, K, T, groups F_out)."""
+    return g.sum(dim=4).flatten(4)
+
+
+def _scaled(jacobian, scale):
+    return jacobian if scale == 1.0 else jacobian.mul_(scale)
 
 
 def _batched_path(structure) -> bool:
