@@ -84,6 +84,15 @@ def cnn():
     ), (2, 8, 8)
 
 
+def wide_conv():
+    """A convolution over few positions with many weights: its Jacobian is larger than its
+    inputs and cotangents, so it is kept only when the budget allows (else Gram or explicit
+    per block)."""
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.Tanh(), nn.Flatten(), nn.Linear(72, 3),
+    ), (2, 5, 5)
+
+
 def cnn_maxpool_1d():
     return nn.Sequential(
         nn.Conv1d(3, 4, 3, stride=2), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 2, 2), nn.Flatten(1), nn.Linear(4, 2),
@@ -195,7 +204,7 @@ def embedding():
 
 
 MODELS = {
-    "mlp": mlp, "cnn": cnn, "cnn_maxpool_1d": cnn_maxpool_1d, "cnn_3d": cnn_3d, "residual": residual,
+    "mlp": mlp, "cnn": cnn, "wide_conv": wide_conv, "cnn_maxpool_1d": cnn_maxpool_1d, "cnn_3d": cnn_3d, "residual": residual,
     "layer_norm": layer_norm, "custom": custom, "conv_residual_batchnorm": conv_residual_batchnorm,
     "normalizations": normalizations, "ntkit_network": ntkit_network, "transformer": transformer, "embedding": embedding,
     "time_major": time_major,

@@ -98,6 +98,26 @@ def test_chunks_of_one_batch_are_each_analysed_once(name, monkeypatch):
     assert torch.equal(chunked, chunked.T)
 
 
+@pytest.mark.parametrize("budget, batch_size, path", [(1e9, None, "kept"), (5e4, 1, "gram"), (5e4, 4, "explicit")])
+def test_a_large_jacobian_is_kept_only_within_the_budget(budget, batch_size, path, monkeypatch):
+    """wide_conv's second convolution has a Jacobian larger than its inputs and cotangents: with
+    room in the budget its Jacobian is kept in the features, else each block takes the Gram or
+    the explicit path (the Gram path's memory grows with the block). Every way gives the kernel."""
+    from ntkit.empirical._problem import Problem
+    from ntkit.empirical._structured import Structured
+
+    model, x1, x2 = build("wide_conv")
+    problem = Problem(model, x1, x2, trace_axes=())
+    assert (1 in Structured(problem, problem.structure, budget)._kept) == (path == "kept")
+    grams = []
+    gram = Structured._gram
+    monkeypatch.setattr(Structured, "_gram", staticmethod(lambda *a: grams.append(1) or gram(*a)))
+    got = empirical_ntk(model, x1, x2, implementation="structured", trace_axes=(), memory_budget=budget,
+                        batch_size=batch_size)
+    assert relative_error(got, apply_axes(reference("wide_conv")[0], (), ())) <= EXACT
+    assert bool(grams) == (path == "gram")
+
+
 def test_parameter_subsets():
     model, x1, x2 = build("mlp")
     readout = model[-1]

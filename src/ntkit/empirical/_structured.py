@@ -30,6 +30,9 @@ independently (``model.eval()`` for BatchNorm).
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 from torch.func import vjp, vmap
 
@@ -143,9 +146,8 @@ class Structured(Implementation):
 
     def _assemble(self, inputs, cotangents, fallback_jacobians):
         """Per layer: patches ``(n, L, groups, F_in)`` and cotangents ``(n, Dg, K, T, L, groups,
-        F_out)``, several calls concatenated along L, or, for a layer whose Jacobian is no larger
-        than them (``_keeps_jacobian``), that Jacobian, formed here once per example; fallback
-        Jacobians ``(n, Dg, K, T, P)``."""
+        F_out)``, several calls concatenated along L, or, for the layers in ``_kept``, their
+        Jacobians, formed here once per example; fallback Jacobians ``(n, Dg, K, T, P)``."""
         structure, axes = self.structure, self.axes
         modules = [layer.module for layer in structure.layers]
         patches, grads = [[] for _ in modules], [[] for _ in modules]
@@ -159,9 +161,8 @@ class Structured(Implementation):
         grads = [g.reshape(g.shape[0], axes.Dg, axes.K, axes.T, *g.shape[2:]) for g in grads]
         jacobians = [j.reshape(j.shape[0], axes.Dg, axes.K, axes.T, -1) for j in fallback_jacobians.values()]
         n = grads[0].shape[0] if grads else jacobians[0].shape[0]
-        for index, layer in enumerate(structure.layers):
-            if not self._keeps_jacobian(layer):
-                continue
+        for index in self._kept:
+            layer = structure.layers[index]
             s_w, s_b = layer.rule.scales(layer.module)
             if layer.weight is not None:
                 jacobians.append(_scaled(_weight_jacobian(grads[index], patches[index]), s_w))
@@ -170,17 +171,50 @@ class Structured(Implementation):
             patches[index] = grads[index] = None
         return _Features(patches, grads, jacobians, n)
 
-    def _keeps_jacobian(self, layer) -> bool:
-        """Whether a layer's per-example Jacobian is kept instead of its inputs and cotangents:
-        when it is no larger than they are (a convolution with many positions, a normalization
-        layer's affine map). Its contraction is then also cheaper than the Gram path, and it is
-        formed once per example instead of once per block."""
-        if layer.positions == 1 and layer.groups == 1:
-            return False  # one position: (a1 a2^T) o (g1 g2^T) is cheaper
+    def _sizes(self, layer) -> tuple[int, int]:
+        """Elements per example of a layer's Jacobians (weight and bias) and of its recorded
+        inputs and cotangents."""
         o = self.axes.n_outputs
-        jacobian = o * layer.groups * layer.fan_in * layer.fan_out
+        jacobian = o * layer.groups * layer.fan_out * ((layer.fan_in if layer.weight is not None else 0)
+                                                       + (1 if layer.bias is not None else 0))
         recorded = layer.positions * layer.groups * (layer.fan_in + o * layer.fan_out)
-        return jacobian <= recorded
+        return jacobian, recorded
+
+    @functools.cached_property
+    def _kept(self) -> list[int]:
+        """The layers whose Jacobians the features keep, instead of their inputs and cotangents.
+
+        First every layer whose Jacobian is no larger (a convolution over many positions, a
+        normalization layer's affine map): its contraction is then also cheaper than the Gram
+        path. Then, while every example's features still fit in the driver's column cache (half
+        the budget), layers with a larger Jacobian whose contraction still beats the Gram path,
+        smallest increase first. A kept Jacobian is formed once per example instead of once per
+        block that needs it.
+        """
+        layers, pairs = self.structure.layers, self.axes.n_pairs
+        grouped = [i for i, layer in enumerate(layers) if layer.positions > 1 or layer.groups > 1]
+        kept = [i for i in grouped if operator.le(*self._sizes(layers[i]))]
+        examples = self.problem.x2.shape[0]
+        allowance = self.memory_budget / 2 / examples - self._kept_bytes(kept)
+        larger = [
+            i for i in grouped if i not in kept
+            and pairs * layers[i].fan_in * layers[i].fan_out
+            <= layers[i].positions**2 * (layers[i].fan_in + pairs * layers[i].fan_out)
+        ]
+        for i in sorted(larger, key=lambda i: operator.sub(*self._sizes(layers[i]))):
+            extra = self.problem.itemsize * operator.sub(*self._sizes(layers[i]))
+            if extra <= allowance:
+                kept.append(i)
+                allowance -= extra
+        return sorted(kept)
+
+    def _kept_bytes(self, kept) -> float:
+        o = self.axes.n_outputs
+        elements = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
+        for index, layer in enumerate(self.structure.layers):
+            jacobian, recorded = self._sizes(layer)
+            elements += jacobian if index in kept else recorded
+        return self.problem.itemsize * elements
 
     # -- contraction ----------------------------------------------------------------------------
 
@@ -250,31 +284,19 @@ class Structured(Implementation):
         layer's inputs and cotangents, the Jacobians formed from them) and a block's contraction
         (the kept features, and the largest Jacobian formed for one block)."""
         o = self.axes.n_outputs
-        recorded = kept = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
+        recorded = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
         largest = 0
-        for layer in self.structure.layers:
-            inputs = layer.positions * layer.groups * layer.fan_in
-            outputs = o * layer.positions * layer.groups * layer.fan_out
-            recorded += inputs + outputs
-            if self._keeps_jacobian(layer):
-                jacobian = o * layer.groups * (layer.fan_in * layer.fan_out + layer.fan_out)
-                recorded, kept = recorded + jacobian, kept + jacobian
-            else:
-                kept += inputs + outputs
-                if layer.positions > 1:
-                    largest = max(largest, o * layer.groups * layer.fan_in * layer.fan_out)
+        for index, layer in enumerate(self.structure.layers):
+            jacobian, inputs_and_cotangents = self._sizes(layer)
+            recorded += inputs_and_cotangents + (jacobian if index in self._kept else 0)
+            if index not in self._kept and layer.positions > 1:
+                largest = max(largest, jacobian)
+        kept = self.bytes_kept_per_example() / self.problem.itemsize
         return self.problem.itemsize * max(self._backward_memory() + recorded, kept + largest)
 
     def bytes_kept_per_example(self):
         """What a chunk's features keep once computed (the driver's column cache)."""
-        o = self.axes.n_outputs
-        kept = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
-        for layer in self.structure.layers:
-            if self._keeps_jacobian(layer):
-                kept += o * layer.groups * (layer.fan_in * layer.fan_out + layer.fan_out)
-            else:
-                kept += layer.positions * layer.groups * (layer.fan_in + o * layer.fan_out)
-        return self.problem.itemsize * kept
+        return self._kept_bytes(self._kept)
 
     @classmethod
     def cost(cls, problem, structure, n1, n2):
