@@ -308,17 +308,22 @@ def test_spatial_outputs_are_assembled_with_their_layout():
 def test_mirrored_blocks_cost_least():
     """x2 = x1: the block side that computes the fewest pairs, a block's fixed cost counted. An
     off-diagonal block pays for its examples' variances; a diagonal block has them free."""
-    # brute force: pairs of images each block computes, blocks of side s from 0
-    def brute(n, s):
+    # brute force: pairs of images each block computes, blocks of side s from 0; with halves, a
+    # diagonal block computes its pairs i <= j only
+    def brute(n, s, halves):
         starts = range(0, n, s)
         sizes = [min(s, n - i) for i in starts]
-        return sum(sizes[a] * sizes[b] + (0 if a == b else sizes[a] + sizes[b])
-                   for a in range(len(sizes)) for b in range(a, len(sizes)))
+        diagonal = sum(m * (m + 1) // 2 if halves else m * m for m in sizes)
+        return diagonal + sum(sizes[a] * sizes[b] + sizes[a] + sizes[b]
+                              for a in range(len(sizes)) for b in range(a + 1, len(sizes)))
     for n in range(1, 40):
         for s in range(1, n + 1):
-            assert _engine._pairs_computed(n, s) == brute(n, s), (n, s)
-    side = lambda n, hw, device="cpu", layout="full", cap=512: _engine._mirrored_side(
-        n, torch.zeros(n, 3, hw, hw, device=device), layout, cap)
+            for halves in (False, True):
+                assert _engine._pairs_computed(n, s, halves) == brute(n, s, halves), (n, s, halves)
+    side = lambda n, hw, device="cpu", layout="full", cap=512, halves=False: _engine._mirrored_side(
+        n, torch.zeros(n, 3, hw, hw, device=device), layout, cap, halves)
+    # a network whose diagonal blocks cost half their pairs: the fewest pairs in one block
+    assert side(32, 8, halves=True) == 32 and side(32, 8) == 11 and side(64, 8, cap=32, halves=True) == 32
     # 32x32 images: pairs cost far more than a block; N=2 in one block (4 pairs, not 1 + 1 + 3)
     assert side(2, 32) == 2 and side(32, 32) == 8
     assert side(32, 32, cap=4) == 4
@@ -327,6 +332,27 @@ def test_mirrored_blocks_cost_least():
     # on a GPU (here the meta device, which the rule treats alike) blocks keep >= 16M covariances
     assert side(64, 8, "meta") == 64 and side(8, 32, "meta") == 4
     assert side(64, 8, "meta", "diagonal") == 512  # 64 covariances per pair: one block
+
+
+def test_networks_that_halve_their_diagonal_blocks():
+    """A network halves a diagonal block when every layer up to a global pooling or Flatten is in
+    a fused, mirrored run: output planes of at most 16x16, or a first run chained into the next."""
+    from ntkit.layers._fusion import mirrors_same_inputs
+
+    def conv(size=3):
+        return [nk.Conv(4, (size, size), padding="same"), nk.ReLU()]
+
+    myrtle = nk.serial(*conv(), *conv(), nk.AvgPool((2, 2)), *conv(), nk.GlobalAvgPool(), nk.Dense(1))
+    assert mirrors_same_inputs(myrtle.layers, (3, 32, 32)) and mirrors_same_inputs(myrtle.layers, (3, 8, 8))
+    unchained = nk.serial(*conv(5), *conv(5), nk.GlobalAvgPool())  # 5x5: the first run is not chained
+    assert mirrors_same_inputs(unchained.layers, (3, 16, 16))
+    assert not mirrors_same_inputs(unchained.layers, (3, 32, 32))  # its 32x32 planes are not mirrored
+    not_fused = nk.serial(nk.Conv(4, (3, 3), padding="same"), nk.Erf(), nk.GlobalAvgPool())
+    assert not mirrors_same_inputs(not_fused.layers, (3, 8, 8))
+    x = images(n=6, spatial=(8, 8))
+    assert _engine._halves_diagonal_blocks(myrtle, x, "full")
+    assert not _engine._halves_diagonal_blocks(myrtle, x, "diagonal")
+    assert not _engine._halves_diagonal_blocks(myrtle, x.requires_grad_(), "full")  # torch maps
 
 
 # -- bad input --------------------------------------------------------------------------------

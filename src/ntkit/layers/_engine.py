@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import _compiled
 from .._errors import NtkitError
 from .._inputs import Inputs, check_inputs, find_twins
 from ..kernel import Kernel
@@ -109,7 +110,7 @@ def _evaluate(layer, x1, x2, same, with_ntk, twins, layout, block_size, progress
     size = _block_side(x1, layout, budget // 4) if block_size is None else int(block_size)
     if block_size is None and same and x1.ndim > 2:
         # Image pairs are costly: split so that mirroring skips much of the lower triangle
-        size = _mirrored_side(n1, x1, layout, size)
+        size = _mirrored_side(n1, x1, layout, size, _halves_diagonal_blocks(layer, x1, layout))
 
     def kernel_map(rows: slice, cols: slice, on_diagonal: bool) -> tuple[list[Kernel], bool]:
         """The network's output Kernels on one block, as a list, and whether it has one output."""
@@ -161,16 +162,29 @@ def _block_side(x: torch.Tensor, layout: str, budget: int) -> int:
     return max(1, side)
 
 
-def _mirrored_side(n: int, x: torch.Tensor, layout: str, cap: int) -> int:
+def _halves_diagonal_blocks(layer: Layer, x: torch.Tensor, layout: str) -> bool:
+    """Whether the network computes only the pairs i <= j of a diagonal block (its image layers
+    all run fused and mirrored on the CPU: ``_fusion.mirrors_same_inputs``)."""
+    from . import _fusion
+    from .combinators import Serial
+
+    return (
+        isinstance(layer, Serial) and layout == "full" and x.ndim == 4
+        and _fusion.mirrors_same_inputs(layer.layers, x.shape[1:]) and _compiled.enabled(x)
+    )
+
+
+def _mirrored_side(n: int, x: torch.Tensor, layout: str, cap: int, halves: bool = False) -> int:
     """The block side (at most ``cap``) for x2 = x1 images that costs least: the pairs of images
-    computed (``_pairs_computed``) and a fixed cost per block of ``BLOCK_COST`` covariance
-    entries. On a GPU never below a side whose blocks hold ``GPU_MIRRORED_BLOCK`` entries."""
+    computed (``_pairs_computed``; ``halves``: a diagonal block computes its pairs i <= j only)
+    and a fixed cost per block of ``BLOCK_COST`` covariance entries. On a GPU never below a side
+    whose blocks hold ``GPU_MIRRORED_BLOCK`` entries."""
     positions = x[0, 0].numel()
     per_pair = positions**2 if layout == "full" else positions
 
     def cost(side: int) -> float:
         blocks = -(-n // side)
-        return _pairs_computed(n, side) + blocks * (blocks + 1) // 2 * BLOCK_COST / per_pair
+        return _pairs_computed(n, side, halves) + blocks * (blocks + 1) // 2 * BLOCK_COST / per_pair
 
     side = min(range(1, min(n, cap) + 1), key=lambda s: (cost(s), -s))
     if x.device.type == "cpu":
@@ -178,13 +192,15 @@ def _mirrored_side(n: int, x: torch.Tensor, layout: str, cap: int) -> int:
     return max(side, math.isqrt(GPU_MIRRORED_BLOCK // per_pair))
 
 
-def _pairs_computed(n: int, side: int) -> int:
+def _pairs_computed(n: int, side: int, halves: bool = False) -> int:
     """The pairs of images a layer computes for x2 = x1 in blocks of ``side``: a diagonal block all
-    of its own, its variances among them; a block above it its pairs and the variances of its
-    rows and columns (one pair's work per example); those below are mirrored."""
+    of its own (with ``halves`` those with i <= j), its variances among them; a block above it its
+    pairs and the variances of its rows and columns (one pair's work per example); those below
+    are mirrored."""
     blocks, last = -(-n // side), n % side
     squares = (n // side) * side**2 + last**2
-    return squares + (n * n - squares) // 2 + (blocks - 1) * n
+    diagonal = (squares + n) // 2 if halves else squares
+    return diagonal + (n * n - squares) // 2 + (blocks - 1) * n
 
 
 def _check_result(parts: list[Kernel], n1: int, n2: int, budget: int) -> None:

@@ -33,8 +33,9 @@ from ._base import Layer
 from ._spatial import filter_taps, pad_axis, self_diagonal, self_pairs
 from .activation import Activation
 from .conv import Conv
-from .pooling import _WindowPool
+from .pooling import _GlobalPool, _WindowPool
 from .rectified import ABReLU
+from .shape import Flatten
 
 #: Output planes of at most this many positions are written transposed too (see ``_pairs``).
 MIRRORED_POSITIONS = 16 * 16
@@ -86,6 +87,30 @@ def fused_inputs_map(layers: Sequence[Layer], inputs: Inputs) -> tuple[Kernel, i
     out = _fused(run, spec, inputs.same_inputs, (summed, None), inputs.with_ntk, (self1, self2), lambda t: t,
                  lambda var: self_diagonal(var, 2))
     return Kernel(same_inputs=inputs.same_inputs, **out), run.length
+
+
+def mirrors_same_inputs(layers: Sequence[Layer], feature_shape) -> bool:
+    """Whether, in a block of a batch of images with itself, the layers (of a ``Serial``) compute
+    their image work for the pairs i <= j only: every layer up to a global pooling or ``Flatten``
+    (or to the end) is in a fused run whose output planes are mirrored (``_pairs``). The engine
+    sizes its blocks by it (``_engine._mirrored_side``): such a network's diagonal blocks cost
+    half their pairs, so larger blocks cost less, where other networks compute all pairs of a
+    diagonal block and gain from smaller blocks."""
+    index, shape = 0, tuple(feature_shape)
+    while index < len(layers):
+        if isinstance(layers[index], (_GlobalPool, Flatten)):
+            return True
+        run = _run(layers, index, shape)
+        if run is None:
+            return False
+        size = tuple(g[0] for g in (run.geom if run.pool is None else run.pool_geom))
+        shape = (run.conv.out_channels, *size)
+        following = _run(layers, index + run.length, shape) if index == 0 and run.pool is None else None
+        chained = following is not None and _zero_padded(following.conv)  # never written: see _chained
+        if not chained and math.prod(size) > MIRRORED_POSITIONS:
+            return False
+        index += run.length
+    return True
 
 
 def _zero_padded(conv: Conv) -> bool:
