@@ -172,7 +172,7 @@ class ConvLocal(Conv):
                 t = _position_diagonal(t, batch, spatial)
             for d in range(n):
                 t = window_sum(t, batch + d, self.filter_shape[d], self.strides[d], geom[d], self.padding, compiled=True)
-            return t.div_(window)
+            return t.mul_(1.0 / window)  # as affine_kernels averages
 
         nngp, ntk = affine_kernels(
             average(k.nngp, 2), None if k.ntk is None else average(k.ntk, 2), self.W_std, self.b_std,

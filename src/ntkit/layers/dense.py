@@ -61,7 +61,8 @@ def affine_kernels(
     """The NNGP and NTK of :math:`W x + b` from those of its (window-averaged) input: the map of
     :class:`Dense`, shared by the convolutions (``fan_in`` = input channels x filter size).
 
-    ``window``: the inputs are sums over a filter window of that many taps, averaged here.
+    ``window``: the inputs are sums over a filter window of that many taps, averaged here (times
+    ``1 / window``).
     ``fresh``: they are contiguous temporaries the caller gives up, so they are overwritten (on
     the CPU in one compiled pass, ``ntkit._compiled.affine``, with the same operations).
 
@@ -74,10 +75,10 @@ def affine_kernels(
         b2 = None if b_std is None else b_std**2
         _compiled.affine_(nngp, ntk, window, W_std**2, b2, parameterization == "ntk", fan_in)
         return nngp, ntk
-    if window != 1:
-        nngp = nngp.div_(window) if fresh else nngp / window
+    if window != 1:  # times the reciprocal, as the compiled form does
+        nngp = nngp.mul_(1.0 / window) if fresh else nngp * (1.0 / window)
         if ntk is not None:
-            ntk = ntk.div_(window) if fresh else ntk / window
+            ntk = ntk.mul_(1.0 / window) if fresh else ntk * (1.0 / window)
     w2 = W_std**2
     out = nngp * w2 if b_std is None else (nngp * w2).add_(b_std**2)
     if ntk is None:
