@@ -5,14 +5,18 @@ neural-tangents venv, see _peer_env.py) in fresh processes on the same N images,
 the two agree in float64, and writes a markdown table between the cnn markers of
 benchmarks/README.md. Time per entry is the median time of ``kernel(x)`` (NNGP and NTK
 together) divided by N^2, the number of entries of the kernel (ntkit computes the N(N+1)/2
-distinct ones; whether NT exploits the symmetry is its own business).
+distinct ones; whether NT exploits the symmetry is its own business). The two libraries run in
+alternation, ``--rounds`` times each, and the median is taken over the calls of all rounds: on
+this shared machine the speed drifts by 30% over minutes, which one run of each would read as a
+difference between the libraries.
 
-    .venv/bin/python benchmarks/bench_cnn.py [--repeats 3] [--no-peer]
+    .venv/bin/python benchmarks/bench_cnn.py [--repeats 3] [--rounds 3] [--no-peer]
 """
 
 import argparse
 import datetime
 import os
+import statistics
 import sys
 import tempfile
 
@@ -25,7 +29,7 @@ CASES = ((8, 32), (32, 2))
 DTYPES = ("float64", "float32")
 
 
-def render(rows, repeats, peer_note):
+def render(rows, repeats, rounds, peer_note):
     ours = next((r["ntkit"] for r in rows if r["ntkit"]), None)
     theirs = next((r["nt"] for r in rows if r["nt"]), None)
     libraries = [f"{x['library']} ({x['backend']})" for x in (ours, theirs) if x]
@@ -37,8 +41,9 @@ def render(rows, repeats, peer_note):
         "images; time per entry = median time of one `kernel(x)` call / N^2.",
         "",
         f"Machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}{threads}. "
-        f"Versions: {'; '.join(libraries) or 'none ran'}. Median of {repeats} runs after one "
-        f"warm-up, {datetime.date.today().isoformat()}.",
+        f"Versions: {'; '.join(libraries) or 'none ran'}. Median of {repeats} calls after one "
+        f"warm-up in each of {rounds} rounds (fresh processes, the libraries in alternation), "
+        f"{datetime.date.today().isoformat()}.",
         "",
         "| image | N | dtype | ntkit ms/entry | NT ms/entry | speed-up (NT/ntkit) | ntkit peak RSS (MB) "
         "| NT peak RSS (MB) | max rel. difference NNGP / NTK |",
@@ -71,26 +76,39 @@ ARITHMETIC_LIMIT = (
     "layers each hold (32*32)^2 = 1.05M covariances, the 16x16 and 8x8 ones 66k and 4k, for both "
     "the NNGP and the NTK. The first Conv is a product of image patches (1024 x 27 by 27 x 1024, "
     "57 MFLOP by BLAS, about 2 ms per pair); the second 3x3 Conv is 8 adds per covariance for each "
-    "kernel and an affine map (two divisions); the ReLU dual about 12 flops, a division and two "
-    "square roots. Measured on one core, per covariance of the second layer, in its compiled pass "
-    "(`ntkit._compiled.fused`, taking each part out in turn): nine-tap sums 1.2 ns per kernel, the "
-    "affine map 2.6 ns, the ReLU dual 2.7 ns, the 2x2 pooling of the second image's axes 2.5 ns "
-    "(short strided rows): 13 ns in all; the first layer's affine map and ReLU, applied as the "
-    "second Conv loads its planes, add 5 ns. That is about 20 ms per pair of images computed, and "
-    "for x2 = x1 a block computes 3 pairs per 4 entries (i <= j): about 15 ms of CPU time per "
-    "entry plus the patches, against 18-19 ms measured single-threaded. No block of the first "
-    "ReLU's output is written any more, and the other planes stay in cache: the rest is "
-    "arithmetic, of which the divisions and square roots (about 5 ns of the 18) are the floor. "
-    "The two vCPUs act as hyperthreads of one core (a second thread adds at most about 1.3x), so "
-    "about 12-14 ms per entry is what this machine allows; 10x neural-tangents (its 147-209 ms in "
-    "different runs here) asks for 15-21 ms. On a GPU (see Results: GPU) the torch form takes "
-    "0.41 ms per entry."
+    "kernel and an affine map (products by the reciprocal of the window size; a division per entry "
+    "had cost about 1.3 ns of it, 11% of the whole kernel); the ReLU dual about 12 flops, a division "
+    "and two square roots. Measured on one core, per covariance of the second layer, in its compiled "
+    "pass (`ntkit._compiled.fused`, taking each part out in turn, before the reciprocal): nine-tap "
+    "sums 1.2 ns per kernel, the affine map 2.6 ns, the ReLU dual 2.7 ns, the 2x2 pooling of the "
+    "second image's axes 2.5 ns (short strided rows): 13 ns in all; the first layer's affine map "
+    "and ReLU, applied as the second Conv loads its planes, add 5 ns. With the reciprocal, about "
+    "17 ms per pair of images computed, and for x2 = x1 a block computes 3 pairs per 4 entries "
+    "(i <= j): about 13 ms of CPU time per entry plus the patches, against 15 ms measured "
+    "single-threaded. No block of the first ReLU's output is written any more, and the other "
+    "planes stay in cache: the rest is arithmetic, of which the ReLU's division and square roots "
+    "(about 4 ns of the 16) are the floor. The two vCPUs act as hyperthreads of one core (a second "
+    "thread adds at most about 1.3x), so about 11-12 ms per entry is what this machine allows; 10x "
+    "neural-tangents (its 147-209 ms in different runs here) asks for 15-21 ms. At 8x8 (N=32, one "
+    "block: 528 pairs) the single-threaded CPU time is 0.065 ms per entry. On a GPU (see Results: "
+    "GPU) the torch form takes 0.41 ms per entry."
 )
+
+
+def pooled(results):
+    """One library's rounds as one result: the median over every call of the rounds, the largest
+    peak RSS, the first round's other fields; None when a round failed."""
+    if not results or not all(results):
+        return None
+    times = sorted(t for r in results for t in r["times"])
+    return {**results[0], "median_s": statistics.median(times), "times": times,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each library per case")
     parser.add_argument("--no-peer", action="store_true", help="run ntkit only")
     args = parser.parse_args()
 
@@ -104,14 +122,17 @@ def main():
         for dtype in DTYPES:
             print(f"{size}x{size} {dtype}", file=sys.stderr)
             options = dict(size=size, n=n, dtype=dtype, repeats=args.repeats)
-            with tempfile.TemporaryDirectory() as peer_dir:
-                save = {"save": peer_dir} if dtype == "float64" else {}
-                nt = peer_python and run_json(peer_python, "peer_cnn.py", env=peer_env_vars(), **options, **save)
-                compare = {"compare": peer_dir} if nt and save else {}
-                ntkit = run_json(sys.executable, "ntkit_cnn.py", **options, **compare)
-            rows.append(dict(size=size, n=n, dtype=dtype, ntkit=ntkit, nt=nt or None))
+            ours, theirs = [], []
+            for round_ in range(args.rounds):
+                with tempfile.TemporaryDirectory() as peer_dir:
+                    save = {"save": peer_dir} if dtype == "float64" and round_ == 0 else {}
+                    nt = peer_python and run_json(peer_python, "peer_cnn.py", env=peer_env_vars(), **options, **save)
+                    compare = {"compare": peer_dir} if nt and save else {}
+                    theirs.append(nt)
+                    ours.append(run_json(sys.executable, "ntkit_cnn.py", **options, **compare))
+            rows.append(dict(size=size, n=n, dtype=dtype, ntkit=pooled(ours), nt=pooled(theirs)))
 
-    block = render(rows, args.repeats, peer_note)
+    block = render(rows, args.repeats, args.rounds, peer_note)
     print(block)
     update_section("cnn", "Results: CNN (Myrtle-5)", block)
     print(f"updated {README}", file=sys.stderr)

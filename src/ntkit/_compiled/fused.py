@@ -120,6 +120,25 @@ def _pool_plane(plane, total, conv_w, out_w, pool_h, pool_w, pool_stride_h, pool
                     total[row_out + v] += plane[row_in + pool_stride_w * v]
 
 
+@jit(inline="always", fastmath=False)
+def _halving(taps, out, stride):
+    """Whether a pooling axis is a window of 2 with stride 2 and no padding (2 out from 2 out)."""
+    return (stride == 2 and taps.shape[0] == 2 and taps[0, 0] == 0 and taps[0, 1] == 0 and taps[0, 2] == out
+            and taps[1, 0] == 1 and taps[1, 1] == 0 and taps[1, 2] == out)
+
+
+@jit(inline="always", fastmath=False)
+def _pool_plane_2x2(plane, total, conv_w, out_h, out_w):
+    """``_pool_plane`` for 2x2 windows with stride 2: each window's four entries summed in one
+    pass over adjacent pairs (loads that vectorize), then added to ``total``."""
+    for u in range(out_h):
+        top, row = 2 * u * conv_w, u * out_w
+        bottom = top + conv_w
+        for v in range(out_w):
+            total[row + v] += (plane[top + 2 * v] + plane[top + 2 * v + 1]) + (
+                plane[bottom + 2 * v] + plane[bottom + 2 * v + 1])
+
+
 @jit(fastmath=False)
 def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_h, conv_w, window, w2, b2, with_bias,
                           ntk_parameterization, fan_in, source, first, second, same, place, mirror, var1, std1, inv1,
@@ -167,6 +186,7 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
     pooled = out_h * out_w
     total = np.empty((out_w, pooled), src.dtype)
     total_ntk = np.empty((out_w, pooled if with_ntk else 0), src.dtype)
+    halving = pooling and _halving(pool_h, out_h, pool_stride_h) and _halving(pool_w, out_w, pool_stride_w)
     for unit in range(start, stop):
         pair, p_h = unit // out_h, unit % out_h
         a, i, j = source[pair], first[pair], second[pair]
@@ -218,6 +238,11 @@ def conv_relu_pool_padded(start, stop, src, src_ntk, zero_ntk, lo_h, lo_w, conv_
                         _write_transposed(made, target, mirror[pair], y, positions)
                         if with_ntk:
                             _write_transposed(made_ntk, target_ntk, mirror[pair], y, positions)
+                    continue
+                if halving:  # the one window that reaches column y_w
+                    _pool_plane_2x2(plane, total[y_w // 2], conv_w, out_h, out_w)
+                    if with_ntk:
+                        _pool_plane_2x2(plane_ntk, total_ntk[y_w // 2], conv_w, out_h, out_w)
                     continue
                 for p_w in range(out_w):
                     for tw in range(pool_w.shape[0]):
