@@ -54,6 +54,20 @@ class Custom(nn.Module):
         return h + 0.3 * torch.tanh(nn.functional.linear(x, self.embed.weight[:3]))
 
 
+class TiedInList(nn.Module):
+    """A Linear whose bias is also read outside it, only inside a list argument (``torch.cat``):
+    discovery must see that use, so the layer falls back to autodiff."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 3)
+        self.readout = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inner(x)) + 0.5 * torch.cat([self.inner.bias, self.inner.bias])[:3]
+        return self.readout(h)
+
+
 class ConvResidual(nn.Module):
     """A small residual CNN with BatchNorm (evaluated in eval mode: its buffers are used)."""
 
@@ -109,6 +123,10 @@ def residual():
 
 def layer_norm():
     return nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 2)), (5,)
+
+
+def tied_in_list():
+    return TiedInList(), (4,)
 
 
 def custom():
@@ -205,7 +223,7 @@ def embedding():
 
 MODELS = {
     "mlp": mlp, "cnn": cnn, "wide_conv": wide_conv, "cnn_maxpool_1d": cnn_maxpool_1d, "cnn_3d": cnn_3d, "residual": residual,
-    "layer_norm": layer_norm, "custom": custom, "conv_residual_batchnorm": conv_residual_batchnorm,
+    "layer_norm": layer_norm, "custom": custom, "tied_in_list": tied_in_list, "conv_residual_batchnorm": conv_residual_batchnorm,
     "normalizations": normalizations, "ntkit_network": ntkit_network, "transformer": transformer, "embedding": embedding,
     "time_major": time_major,
 }

@@ -202,6 +202,13 @@ def test_auto_prefers_structured_for_linear_and_convolutional_networks():
         assert make_implementation("auto", problem, problem.structure, 1e9).name == "structured"
 
 
+def test_a_parameter_read_inside_a_list_falls_back_to_autodiff():
+    from ntkit.empirical._problem import Problem
+
+    model, x1, x2 = build("tied_in_list")
+    assert Problem(model, x1, x2).structure.fallback == ["inner.weight", "inner.bias"]  # the whole layer
+
+
 @pytest.mark.parametrize("name", ["normalizations", "conv_residual_batchnorm", "layer_norm"])
 def test_normalization_layers_are_structured(name):
     """BatchNorm (eval), GroupNorm and LayerNorm parameters go through their rules, not autodiff,

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 
 from ._normalization import normalization_rule
 from ._problem import Problem, _close, composite_kernels
@@ -193,13 +192,26 @@ class _Uses(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for leaf in tree_leaves((args, kwargs)):
-            name = self.watched.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+        for leaf in _tensors((args, kwargs)):
+            name = self.watched.get(id(leaf))
             if name is not None:
                 self.uses.setdefault(name, []).append(self.stack[-1] if self.stack else None)
         out = func(*args, **kwargs)
         self.flops += _flops(func, args, out)
         return out
+
+
+def _tensors(value):
+    """The tensors in nested tuples, lists and dicts (``tree_leaves`` without its cost: this runs
+    on every torch call of the watched forward pass)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def _record(modules):
@@ -250,8 +262,13 @@ def discover(problem: Problem, probe: torch.Tensor, one_at_a_time: bool = True):
         if isinstance(output, torch.Tensor) and not any(True for _ in module.children()):
             sizes.append(output.numel())
 
+    def forward(x):
+        if problem._direct:  # no module in training mode owns buffers: the model as it is
+            return model(x)
+        # fresh copies: a module that updates its buffers must not change the model's
+        return functional_call(model, {k: b.clone() for k, b in problem.buffers.items()}, (x,))
+
     def run(x, watched: bool):
-        buffers = {k: b.clone() for k, b in problem.buffers.items()}
         calls, handles = _record(list(candidates))
         uses = _Uses(owned, stack)
         if watched:
@@ -259,7 +276,7 @@ def discover(problem: Problem, probe: torch.Tensor, one_at_a_time: bool = True):
             handles += [m.register_forward_hook(leave) for m in model.modules()]
         try:
             with composite_kernels(), (uses if watched else contextlib.nullcontext()):
-                out = problem.check_output(problem.transform(functional_call(model, buffers, (x,))), x)
+                out = problem.check_output(problem.transform(forward(x)), x)
         finally:
             for handle in handles:
                 handle.remove()
