@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-predict bench-empirical bench-cnn bench-finite-width example-cntk clean
+.PHONY: demo test bench bench-predict bench-empirical bench-cnn bench-finite-width example-cntk clean clean-numba
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,9 @@ bench-finite-width: $(STAMP)
 example-cntk: $(STAMP)
 	$(BIN)/python examples/cntk_digits.py
 
-clean:
+clean: clean-numba
 	rm -rf $(VENV) .venv-nt build src/*.egg-info .pytest_cache
+
+# Numba's on-disk machine code (see src/ntkit/_compiled/_jit.py)
+clean-numba:
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete

@@ -10,7 +10,9 @@ import numba
 #: ``error_model="numpy"``: a division by zero gives inf/nan instead of raising, so loops have
 #: no hidden branch and vectorize. ``fastmath={"contract"}``: fused multiply-adds only, no
 #: reassociation, so results stay reproducible to round-off. ``cache``: machine code is kept
-#: on disk (``__pycache__``) between processes.
+#: on disk (``__pycache__``) between processes. Numba checks a cached function against its own
+#: file only, not against the functions it inlines from other files: after editing one of
+#: those in a working tree, ``make clean-numba`` (a fresh install is not affected).
 jit = partial(numba.njit, cache=True, error_model="numpy", fastmath={"contract"}, nogil=True)
 
 # fdlibm's minimax rational approximation of asin on [0, 1/4] (e_asin.c, Sun Microsystems):
