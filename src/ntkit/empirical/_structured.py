@@ -31,7 +31,6 @@ independently (``model.eval()`` for BatchNorm).
 from __future__ import annotations
 
 import functools
-import operator
 
 import torch
 from torch.func import vjp, vmap
@@ -191,18 +190,15 @@ class Structured(Implementation):
         smallest increase first. A kept Jacobian is formed once per example instead of once per
         block that needs it.
         """
-        layers, pairs = self.structure.layers, self.axes.n_pairs
+        layers = self.structure.layers
+        sizes = [self._sizes(layer) for layer in layers]  # (Jacobian, recorded) elements
         grouped = [i for i, layer in enumerate(layers) if layer.positions > 1 or layer.groups > 1]
-        kept = [i for i in grouped if operator.le(*self._sizes(layers[i]))]
-        examples = self.problem.x2.shape[0]
-        allowance = self.memory_budget / 2 / examples - self._kept_bytes(kept)
-        larger = [
-            i for i in grouped if i not in kept
-            and pairs * layers[i].fan_in * layers[i].fan_out
-            <= layers[i].positions**2 * (layers[i].fan_in + pairs * layers[i].fan_out)
-        ]
-        for i in sorted(larger, key=lambda i: operator.sub(*self._sizes(layers[i]))):
-            extra = self.problem.itemsize * operator.sub(*self._sizes(layers[i]))
+        kept = [i for i in grouped if sizes[i][0] <= sizes[i][1]]
+        allowance = self.memory_budget / 2 / self.problem.x2.shape[0] - self._kept_bytes(kept)
+        costs = {i: self._pair_costs(layers[i]) for i in grouped if i not in kept}  # (Gram, contraction)
+        cheaper = [i for i, (gram, contraction) in costs.items() if contraction <= gram]
+        for i in sorted(cheaper, key=lambda i: sizes[i][0] - sizes[i][1]):
+            extra = self.problem.itemsize * (sizes[i][0] - sizes[i][1])
             if extra <= allowance:
                 kept.append(i)
                 allowance -= extra
@@ -268,14 +264,19 @@ class Structured(Implementation):
         pairs = axes.n_pairs
         n2 = 1 if diagonal else n2
         positions = layer.positions
-        gram = n1 * n2 * positions**2 * (layer.fan_in + pairs * layer.fan_out + pairs)
         memory = n1 * n2 * pairs * positions**2 * self.problem.itemsize
         if positions > 1 and memory > self.memory_budget / 4:
             return False
-        weights = layer.fan_in * layer.fan_out
-        forming = (n1 if same_features else n1 + n2) * axes.n_outputs * positions * weights
-        explicit = forming + n1 * n2 * pairs * weights
-        return gram <= explicit
+        forming = (n1 if same_features else n1 + n2) * axes.n_outputs * positions * layer.fan_in * layer.fan_out
+        gram, contraction = self._pair_costs(layer)
+        return n1 * n2 * gram <= forming + n1 * n2 * contraction
+
+    def _pair_costs(self, layer) -> tuple[int, int]:
+        """Multiply-adds per pair of examples of a layer's weight term: by the Gram path, and by
+        contracting Jacobians already formed."""
+        pairs = self.axes.n_pairs
+        gram = layer.positions**2 * (layer.fan_in + pairs * layer.fan_out + pairs)
+        return gram, pairs * layer.fan_in * layer.fan_out
 
     # -- budget and cost ----------------------------------------------------------------------------
 
@@ -291,8 +292,8 @@ class Structured(Implementation):
             recorded += inputs_and_cotangents + (jacobian if index in self._kept else 0)
             if index not in self._kept and layer.positions > 1:
                 largest = max(largest, jacobian)
-        kept = self.bytes_kept_per_example() / self.problem.itemsize
-        return self.problem.itemsize * max(self._backward_memory() + recorded, kept + largest)
+        return max(self.problem.itemsize * (self._backward_memory() + recorded),
+                   self.bytes_kept_per_example() + self.problem.itemsize * largest)
 
     def bytes_kept_per_example(self):
         """What a chunk's features keep once computed (the driver's column cache)."""
