@@ -98,6 +98,26 @@ def test_chunks_of_one_batch_are_each_analysed_once(name, monkeypatch):
     assert torch.equal(chunked, chunked.T)
 
 
+@pytest.mark.parametrize("name", ["wide_conv", "conv_residual_batchnorm", "time_major", "tied_in_list"])
+def test_features_computed_in_passes_are_the_chunks_features(name, monkeypatch):
+    """On the CPU a chunk's features are computed in passes under PASS_BYTES_CPU; with room for
+    one example per pass (kept Jacobians, Gram-path inputs and cotangents, fallback Jacobians,
+    the batched and the per-example path), the kernel is the one of whole chunks."""
+    from ntkit.empirical import _structured
+
+    model, x1, x2 = build(name)
+    passes = []
+    batched, per_example = _structured.Structured._features_batched, _structured.Structured._features_per_example
+    monkeypatch.setattr(_structured, "PASS_BYTES_CPU", 1)
+    monkeypatch.setattr(_structured.Structured, "_features_batched",
+                        lambda self, p, x: passes.append(len(x)) or batched(self, p, x))
+    monkeypatch.setattr(_structured.Structured, "_features_per_example",
+                        lambda self, p, x: passes.append(len(x)) or per_example(self, p, x))
+    got = empirical_ntk(model, x1, x2, implementation="structured", trace_axes=())
+    assert passes == [1] * (len(x1) + len(x2))
+    assert relative_error(got, apply_axes(reference(name)[0], (), ())) <= EXACT
+
+
 @pytest.mark.parametrize("budget, batch_size, path", [(1e9, None, "kept"), (5e4, 1, "gram"), (5e4, 4, "explicit")])
 def test_a_large_jacobian_is_kept_only_within_the_budget(budget, batch_size, path, monkeypatch):
     """wide_conv's second convolution has a Jacobian larger than its inputs and cotangents: with
@@ -260,6 +280,11 @@ def test_ntk_fn_reuses_its_analysis_and_follows_parameter_values():
     ntk_fn(x1, x2)
     assert len(ntk_fn._analyses) == 3
     assert relative_error(ntk_fn(x2[:2], x1[1:]), empirical_ntk(model, x2[:2], x1[1:])) <= EXACT
+    first_layer = next(model.parameters())
+    first_layer.requires_grad_(False)  # frozen: no longer differentiated
+    frozen = ntk_fn(x1, x2)
+    assert relative_error(frozen, empirical_ntk(model, x1, x2)) <= EXACT
+    assert relative_error(frozen, moved) > 1e-3
 
 
 def test_on_device(device):

@@ -121,7 +121,8 @@ class EmpiricalNtkFn:
     device runs the checks and the structure discovery of ``empirical_ntk`` (a few forward
     passes on two examples); later calls reuse them, as a ``jax.jit``-compiled neural-tangents
     function reuses its trace, and are cheaper for small models. The analysis is redone when a
-    module changes mode (``train()``/``eval()``) or a parameter is replaced by another tensor;
+    module changes mode (``train()``/``eval()``), a parameter is replaced by another tensor or
+    frozen or unfrozen (``requires_grad``, which selects the parameters when ``params=None``);
     parameter *values* may change freely (e.g. to follow the NTK during training). Changes
     that such a check cannot see (a Python flag that changes the forward pass) need a new
     function.
@@ -138,7 +139,7 @@ class EmpiricalNtkFn:
 
     def _key(self, x1, x2) -> tuple:
         modules = tuple(m.training for m in self.model.modules())
-        tensors = tuple(id(p) for p in self.model.parameters())
+        tensors = tuple((id(p), p.requires_grad) for p in self.model.parameters())
         shape = tuple(x1.shape[1:]) if isinstance(x1, torch.Tensor) else None
         return shape, getattr(x1, "dtype", None), getattr(x1, "device", None), x2 is None or x2 is x1, modules, tensors
 

@@ -39,6 +39,13 @@ from .._errors import NtkitError
 from ._base import Implementation, contract_jacobians
 
 
+#: On the CPU, a chunk's features are computed in passes whose working memory (activations,
+#: cotangents, patches) stays under this size. Larger passes run no faster: the matrix products
+#: are already at full speed, and glibc returns such large blocks to the system after each
+#: pass, so every pass would fault in (and zero) fresh pages. What is kept stays chunk-sized.
+PASS_BYTES_CPU = 16 * 2**20
+
+
 class _Features:
     """One chunk's features: per layer its inputs ``U`` and cotangents ``G`` (split by output
     axes), or None where the layer's Jacobians are in ``jacobians``, with those of the other
@@ -46,6 +53,18 @@ class _Features:
 
     def __init__(self, patches, cotangents, jacobians, n):
         self.patches, self.cotangents, self.jacobians, self.n = patches, cotangents, jacobians, n
+
+    @classmethod
+    def cat(cls, parts: list["_Features"]) -> "_Features":
+        """The features of consecutive passes over one chunk, as one chunk's."""
+
+        def join(tensors):
+            return None if tensors[0] is None else torch.cat(tensors)
+
+        return cls([join(t) for t in zip(*(f.patches for f in parts))],
+                   [join(t) for t in zip(*(f.cotangents for f in parts))],
+                   [join(t) for t in zip(*(f.jacobians for f in parts))],
+                   sum(f.n for f in parts))
 
 
 class Structured(Implementation):
@@ -64,9 +83,20 @@ class Structured(Implementation):
         return ""
 
     def features(self, params, x):
-        if self.functional or not _batched_path(self.structure):
-            return self._features_per_example(params, x)
-        return self._features_batched(params, x)
+        batched = not self.functional and _batched_path(self.structure)
+        compute = self._features_batched if batched else self._features_per_example
+        step = self._examples_per_pass
+        if self.functional or x.shape[0] <= step:
+            return compute(params, x)
+        return _Features.cat([compute(params, x[i : i + step]) for i in range(0, x.shape[0], step)])
+
+    @functools.cached_property
+    def _examples_per_pass(self) -> int | float:
+        """Examples per forward-and-backward pass: on the CPU as many as ``PASS_BYTES_CPU``
+        holds (at least one), elsewhere the whole chunk (a GPU needs large batches)."""
+        if self.problem.device.type != "cpu":
+            return float("inf")
+        return max(1, int(PASS_BYTES_CPU // self._pass_bytes_per_example()))
 
     def _hook(self, state):
         """A forward hook that records a layer's input and adds a probe to its output."""
@@ -281,19 +311,23 @@ class Structured(Implementation):
     # -- budget and cost ----------------------------------------------------------------------------
 
     def bytes_per_example(self):
-        """The larger of the features' computation (activations kept for the backward pass, every
-        layer's inputs and cotangents, the Jacobians formed from them) and a block's contraction
-        (the kept features, and the largest Jacobian formed for one block)."""
+        """The larger of the features' computation (see ``_pass_bytes_per_example``) and a
+        block's contraction (the kept features, and the largest Jacobian formed for one block).
+        An upper bound on the CPU, where a chunk's features are computed in smaller passes."""
+        largest = max((self._sizes(layer)[0] for index, layer in enumerate(self.structure.layers)
+                       if index not in self._kept and layer.positions > 1), default=0)
+        return max(self._pass_bytes_per_example(),
+                   self.bytes_kept_per_example() + self.problem.itemsize * largest)
+
+    def _pass_bytes_per_example(self) -> float:
+        """Working memory of one example in a pass: activations kept for the backward pass, every
+        layer's inputs and cotangents, and the Jacobians formed from them."""
         o = self.axes.n_outputs
         recorded = o * sum(self.problem.params[name].numel() for name in self.structure.fallback)
-        largest = 0
         for index, layer in enumerate(self.structure.layers):
             jacobian, inputs_and_cotangents = self._sizes(layer)
             recorded += inputs_and_cotangents + (jacobian if index in self._kept else 0)
-            if index not in self._kept and layer.positions > 1:
-                largest = max(largest, jacobian)
-        return max(self.problem.itemsize * (self._backward_memory() + recorded),
-                   self.bytes_kept_per_example() + self.problem.itemsize * largest)
+        return self.problem.itemsize * (self._backward_memory() + recorded)
 
     def bytes_kept_per_example(self):
         """What a chunk's features keep once computed (the driver's column cache)."""
