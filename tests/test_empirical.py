@@ -327,6 +327,12 @@ BAD = [
     ("differ between two calls", lambda m, x: empirical_ntk(nn.Sequential(m, nn.Dropout(0.5)), x)),
     ("layer: model has no submodule", lambda m, x: empirical_nngp(m, x, layer="head")),
     ("does not fit", lambda m, x: empirical_nngp(m, x, trace_axes=(5,))),
+    ("an int or a tuple of ints, got '1'", lambda m, x: empirical_ntk(m, x, trace_axes="1")),
+    (r"an int or a tuple of ints, got \(1.5,\)", lambda m, x: empirical_ntk(m, x, trace_axes=(1.5,))),
+    (r"output \(N,\) has no other axis to trace; pass trace_axes=\(\)",
+     lambda m, x: empirical_ntk(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).double(), x)),
+    ("treats examples independently: 1 \\(BatchNorm1d\\)",
+     lambda m, x: nk.monte_carlo_kernel(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), x)),
 ]
 
 

@@ -225,3 +225,68 @@ def test_taylor_order_must_be_a_non_negative_integer():
             taylor_expand(model, order)
     with pytest.raises(nk.NtkitError, match="no trainable parameters"):
         linearize(model.requires_grad_(False))
+
+
+def _remainder_ratio(make_model, x, order: int, scale: float = 0.01) -> float:
+    """Remainder of the order-k expansion at step ``scale`` over the one at half the step, divided
+    by 2^(k+1): near 1 for a right expansion of a smooth model."""
+
+    def remainder(step: float) -> float:
+        expansion = taylor_expand(make_model(), order)
+        direction = _direction(expansion, step)
+        moved = make_model()
+        with torch.no_grad():
+            _move(expansion, direction)
+            for p, d in zip(moved.parameters(), direction):
+                p.add_(d)
+            return float((expansion(x) - moved(x)).abs().max())
+
+    return remainder(scale) / remainder(scale / 2) / 2 ** (order + 1)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_expansions_of_a_model_with_batchnorm_in_training_mode(order):
+    """In training mode BatchNorm normalizes with the batch's statistics (its running statistics
+    are left alone): the expansion is the model at theta0 and converges at its order."""
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expansion = taylor_expand(make_model(), order)
+    with torch.no_grad():
+        assert relative_error(expansion(x), make_model()(x)) <= EXACT
+    assert torch.equal(expansion.model[1].running_mean, make_model()[1].running_mean)
+    assert 0.6 <= _remainder_ratio(make_model, x, order) <= 1.6
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_taylor_expansion_through_instance_norm(order):
+    """InstanceNorm1d(C, affine=True) and GroupNorm(C, C) are the same function of the same
+    parameters; their expansions must agree at any step (fused instance_norm's second
+    forward-mode derivative is wrong, so it is written out)."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv1d(2, 4, 3), nn.InstanceNorm1d(4, affine=True), nn.Tanh(), nn.Flatten(), nn.Linear(12, 2))
+    b = nn.Sequential(nn.Conv1d(2, 4, 3), nn.GroupNorm(4, 4), nn.Tanh(), nn.Flatten(), nn.Linear(12, 2))
+    a, b = a.double(), b.double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 2, 5, dtype=torch.float64)
+    expansions = [taylor_expand(m, order) for m in (a, b)]
+    for expansion in expansions:
+        _move(expansion, _direction(expansion, 0.1))
+    with torch.no_grad():
+        assert relative_error(expansions[0](x), expansions[1](x)) <= EXACT
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.Mish])
+def test_second_order_expansion_through_silu_and_mish(activation):
+    """Their fused kernels have no forward-mode derivative of the derivative; written out, the
+    second-order expansion converges as s^3."""
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 4), activation(), nn.Linear(4, 2)).double()
+
+    x = torch.randn(3, 3, dtype=torch.float64)
+    assert 0.6 <= _remainder_ratio(make_model, x, 2) <= 1.6

@@ -2,7 +2,7 @@
 
 from . import finite_width, predict
 from ._errors import NtkitError
-from .empirical import empirical_nngp, empirical_ntk, linearize, monte_carlo_kernel, taylor_expand
+from .empirical import empirical_nngp, empirical_ntk, empirical_ntk_fn, linearize, monte_carlo_kernel, taylor_expand
 from .kernel import Kernel
 from .layers import (
     GELU, ABReLU, Abs, Activation, AvgPool, Conv, ConvLocal, Cos, Dense, Dropout, Elementwise, Erf, Exp,
@@ -20,6 +20,6 @@ __all__ = [
     "Gaussian", "GlobalAvgPool", "GlobalSumPool", "Hermite", "Identity", "Kernel", "Layer",
     "LayerNorm", "LeakyReLU", "Monomial", "NtkitError", "Parallel", "Polynomial", "Rbf", "ReLU",
     "RectifiedMonomial", "Serial", "Sigmoid", "Sign", "Sin", "Softplus", "SumPool", "Tanh",
-    "empirical_nngp", "empirical_ntk", "finite_width", "linearize", "monte_carlo_kernel", "parallel", "predict",
+    "empirical_nngp", "empirical_ntk", "empirical_ntk_fn", "finite_width", "linearize", "monte_carlo_kernel", "parallel", "predict",
     "serial", "taylor_expand",
 ]

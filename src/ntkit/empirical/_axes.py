@@ -16,20 +16,26 @@ diagonal, two (side 1, side 2) if it is kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from .._errors import NtkitError
 
 
-def _canonical(axes, ndim: int, argument: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(axes, int):
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _canonical(axes, ndim: int, argument: str, shape: str) -> tuple[int, ...]:
+    given = axes
+    if _is_int(axes):
         axes = (axes,)
-    try:
-        axes = tuple(int(a) for a in axes)
-    except TypeError:
-        raise NtkitError(f"{argument} must be an int or a tuple of ints, got {axes!r}") from None
+    axes = tuple(axes) if isinstance(axes, Iterable) and not isinstance(axes, str) else None
+    if axes is None or not all(_is_int(a) for a in axes):  # not "1", 1.5 or True
+        raise NtkitError(f"{argument} must be an int or a tuple of ints, got {given!r}")
+    axes = tuple(int(a) for a in axes)
     bad = [a for a in axes if not -ndim <= a < ndim]
     if bad:
         raise NtkitError(
@@ -56,11 +62,17 @@ class OutputAxes:
     def __init__(self, output_shape: Sequence[int], trace_axes=(-1,), diagonal_axes=()):
         shape = tuple(int(s) for s in output_shape)
         ndim = len(shape)
-        trace = _canonical(trace_axes, ndim, "trace_axes", shape)
-        diagonal = _canonical(diagonal_axes, ndim, "diagonal_axes", shape)
+        shown = "(" + ", ".join(["N", *map(str, shape[1:])]) + (",)" if ndim == 1 else ")")  # for errors
+        trace = _canonical(trace_axes, ndim, "trace_axes", shown)
+        diagonal = _canonical(diagonal_axes, ndim, "diagonal_axes", shown)
         both = set(trace) & set(diagonal)
         if both:
             raise NtkitError(f"axis {sorted(both)} is in both trace_axes={trace} and diagonal_axes={diagonal}")
+        if 0 in trace and ndim == 1:
+            raise NtkitError(
+                f"trace_axes={trace_axes} names the batch axis: the model's output {shown} has no "
+                "other axis to trace; pass trace_axes=() for the kernel of its single output"
+            )
         if 0 in trace:
             raise NtkitError(
                 "trace_axes contains the batch axis 0, which cannot be traced; use "

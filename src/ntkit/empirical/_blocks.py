@@ -10,6 +10,7 @@ transposes, and the diagonal blocks are symmetrized, so the kernel is exactly sy
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -43,9 +44,9 @@ def resolve_budget(memory_budget, device: torch.device) -> float:
 def chunk_size(per_example: float, batch_size, budget: float, n: int, what: str) -> int:
     """Examples per chunk: ``batch_size`` if given, else as many as fit twice in the budget."""
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise NtkitError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return min(batch_size, n)
+        return min(int(batch_size), n)
     if per_example > budget:
         raise NtkitError(
             f"memory_budget={budget:.4g} bytes is smaller than the ~{per_example:.3g} bytes that one "

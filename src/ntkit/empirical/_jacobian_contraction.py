@@ -2,8 +2,9 @@
 
 The reference implementation: :math:`\\Theta = J_1 J_2^\\top` with :math:`J = \\partial f /
 \\partial \\theta` computed by reverse-mode autodiff (``torch.func.jacrev``, one
-vector-Jacobian product per output unit), one example at a time under ``vmap`` when the model
-treats examples independently, else on the whole chunk.
+vector-Jacobian product per output unit), one example at a time when the model treats
+examples independently (under ``vmap`` where the model runs under it, else in a loop), else on
+the whole chunk.
 
 Cost (Novak et al. 2022, "Fast finite width neural tangent kernel", Table 1): ``N O`` backward
 passes, :math:`N O\\,[\\mathrm{FP}]`, plus :math:`N_1 N_2 O^2 P` for the contraction (``O`` once
@@ -13,6 +14,7 @@ relative to the forward pass, e.g. convolutions with few parameters on large ima
 
 from __future__ import annotations
 
+import torch
 from torch.func import jacrev, vmap
 
 from ._base import Implementation, contract_jacobians
@@ -23,8 +25,11 @@ class JacobianContraction(Implementation):
 
     def features(self, params, x):
         problem, axes = self.problem, self.axes
-        if problem.per_example:
+        if problem.per_example and problem.vmappable:
             jacobians = vmap(jacrev(problem.single), in_dims=(None, 0), randomness="different")(params, x)
+        elif problem.per_example:  # one example at a time, but not under vmap (an LSTM, .item())
+            each = [jacrev(problem.single)(params, example) for example in x]
+            jacobians = {name: torch.stack([j[name] for j in each]) for name in params}
         else:
             jacobians = jacrev(problem.function)(params, x)
         return [axes.split(j) for j in jacobians.values()]  # each (n, Dg, K, T, P_name)

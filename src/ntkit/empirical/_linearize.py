@@ -25,7 +25,9 @@ class Linearized(nn.Module):
 
     Build with :func:`ntkit.linearize`. The trainable parameters :math:`\\theta` are ``params``
     (initialised to :math:`\\theta_0`); ``model`` is a frozen copy of the original at
-    :math:`\\theta_0`, whose mode (``train()``/``eval()``) and buffers the expansion uses.
+    :math:`\\theta_0`, whose mode (``train()``/``eval()``) and buffers the expansion uses (in
+    training mode, BatchNorm normalizes with each batch's statistics, and the running statistics
+    stay those of :math:`\\theta_0`).
 
     Attributes
     ----------
@@ -58,8 +60,11 @@ class Linearized(nn.Module):
         return {name: p - theta0[name] for name, p in zip(self.names, self.params)}
 
     def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        # fresh copies of the buffers: a module that updates them (BatchNorm in training mode,
+        # which normalizes with the batch's statistics) must not mutate tensors captured by jvp
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         with composite_kernels():
-            return functional_call(self.model, params, (x,))
+            return functional_call(self.model, (params, buffers), (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, change = jvp(lambda p: self._call(p, x), (self.theta0(),), (self.delta(),))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ from .._errors import NtkitError
 from ._axes import OutputAxes
 from ._base import contract_jacobians
 from ._blocks import resolve_budget
-from ._problem import Problem, as_examples, composite_kernels
+from ._problem import Problem, mixing_modules, as_examples, composite_kernels, materialize
 from ._registry import make_implementation
 
 
@@ -125,7 +126,8 @@ def monte_carlo_kernel(
     ----------
     net : torch.nn.Module
         An ntkit network (or any module whose parameter-owning submodules have
-        ``reset_parameters``); it is copied, not modified. Outputs ``(N, C, ...)``.
+        ``reset_parameters``); it is copied, not modified. Outputs ``(N, C, ...)``. Buffers
+        (BatchNorm's running statistics, in eval mode) are not drawn: every copy uses ``net``'s.
     x1 : Tensor, shape (N1, ...)
     x2 : Tensor, shape (N2, ...), optional
         None means ``x1`` (and the same dropout masks for an example with itself).
@@ -282,9 +284,11 @@ def _prepare(net, x1, x2, dtype):
     x2 = x1 if same else as_examples(x2, "x2", dtype, device)
     if x2.shape[1:] != x1.shape[1:]:
         raise NtkitError(f"x1 and x2 have different example shapes: {tuple(x1.shape)} and {tuple(x2.shape)}")
+    mixing = mixing_modules(net)
+    if mixing:
+        raise NtkitError(f"monte_carlo_kernel needs a network that treats examples independently: {mixing}")
     template = copy.deepcopy(net).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        template(x1[:1])  # materialize lazy layers
+    materialize(template, x1)
     if not any(True for _ in template.parameters()):
         raise NtkitError("net has no parameters: there is nothing to sample")
     return template, x1, x2, same
@@ -319,9 +323,9 @@ def _bytes_per_copy(problem: Problem, chosen, out: torch.Tensor) -> float:
 
 def _copies_per_batch(per_copy: float, batch_size, budget: float, n_samples: int) -> int:
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise NtkitError(f"batch_size (copies per batch) must be a positive integer, got {batch_size!r}")
-        return min(batch_size, n_samples)
+        return min(int(batch_size), n_samples)
     if per_copy > budget:
         raise NtkitError(
             f"memory_budget={budget:.4g} bytes is smaller than the ~{per_copy:.3g} bytes that one "

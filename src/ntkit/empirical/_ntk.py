@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from .._errors import NtkitError
@@ -132,6 +134,8 @@ class EmpiricalNtkFn:
                  batch_size=None, memory_budget=None, progress=None):
         if not isinstance(model, torch.nn.Module):
             raise NtkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(params, Iterator):  # e.g. model.fc.parameters(): each analysis reads it
+            params = list(params)
         self.model, self.implementation, self.params = model, implementation, params
         self.trace_axes, self.diagonal_axes = trace_axes, diagonal_axes
         self.batch_size, self.memory_budget, self.progress = batch_size, memory_budget, progress
@@ -139,7 +143,7 @@ class EmpiricalNtkFn:
 
     def _key(self, x1, x2) -> tuple:
         modules = tuple(m.training for m in self.model.modules())
-        tensors = tuple((id(p), p.requires_grad) for p in self.model.parameters())
+        tensors = tuple((id(p), p.requires_grad, p.dtype, p.device) for p in self.model.parameters())
         shape = tuple(x1.shape[1:]) if isinstance(x1, torch.Tensor) else None
         return shape, getattr(x1, "dtype", None), getattr(x1, "device", None), x2 is None or x2 is x1, modules, tensors
 
@@ -147,8 +151,11 @@ class EmpiricalNtkFn:
         """The empirical NTK between ``x1`` and ``x2`` (see :func:`ntkit.empirical_ntk`)."""
         with torch.no_grad():
             key = self._key(x1, x2)
-            if key in self._analyses:
-                problem = self._analyses[key].with_inputs(x1, x2)
+            cached = self._analyses.get(key)
+            if cached is not None and not cached.probe_distinct and _examples(x1, x2) > 1:
+                cached = None  # analysed on equal examples only: whether they mix was not seen
+            if cached is not None:
+                problem = cached.with_inputs(x1, x2)
             else:
                 problem = Problem(self.model, x1, x2, params=self.params, trace_axes=self.trace_axes,
                                   diagonal_axes=self.diagonal_axes)
@@ -172,6 +179,12 @@ class EmpiricalNtkFn:
                 desc=f"empirical NTK ({chosen.name})",
             )
         return problem.axes.layout(block)
+
+
+def _examples(x1, x2) -> int:
+    """Examples in the two batches (``x2 = None`` or ``x1`` counted once)."""
+    batches = [x1] if x2 is None or x2 is x1 else [x1, x2]
+    return sum(x.shape[0] for x in batches if isinstance(x, torch.Tensor) and x.ndim)
 
 
 def empirical_ntk_fn(

@@ -47,8 +47,11 @@ class NtkVectorProducts(Implementation):
             xs = x2[:1].expand(n2 * o, *x2.shape[1:])  # unused: the whole chunk is differentiated
             eye = torch.eye(n2, dtype=problem.dtype, device=problem.device)
             vs = torch.einsum("jk,o...->jok...", eye, basis).reshape(n2 * o, n2, *basis.shape[1:])
-        chunk = max(1, int(self.memory_budget // self._bytes_per_column(n1)))
-        columns = vmap(column, chunk_size=chunk, randomness="different")(xs, vs)  # (n2 * O, n1, *S)
+        if problem.per_example and not problem.vmappable:  # an LSTM, .item(): column by column
+            columns = torch.stack([column(x2_j, v) for x2_j, v in zip(xs, vs)])
+        else:
+            chunk = max(1, int(self.memory_budget // self._bytes_per_column(n1)))
+            columns = vmap(column, chunk_size=chunk, randomness="different")(xs, vs)  # (n2 * O, n1, *S)
         # column (j, d', k', t') at output (i, d, k, t): keep d = d', t = t' and sum over t
         columns = axes.split(columns.reshape(n2, o, n1, *axes.example_shape), lead=3)
         columns = columns.reshape(n2, axes.Dg, axes.K, axes.T, n1, axes.Dg, axes.K, axes.T)
@@ -65,6 +68,10 @@ class NtkVectorProducts(Implementation):
         problem = self.problem
         # a group of columns of one example, and the block they fill
         return problem.itemsize * (4 * self.structure.activations + 2 * self.axes.n_outputs**2) + self._bytes_per_column(1)
+
+    @staticmethod
+    def available(problem, structure):
+        return problem.why_no_forward_mode
 
     @classmethod
     def cost(cls, problem, structure, n1, n2):

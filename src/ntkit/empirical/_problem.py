@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parameter import is_lazy
 
@@ -122,6 +123,18 @@ def composite_kernels():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def _probe(x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Two examples to analyse the model on: the first, and the first that differs from it in
+    ``x1`` or ``x2`` (so that a model mixing the examples of a batch shows it); the first twice,
+    and False, when all examples are equal."""
+    first = x1[:1]
+    for x in (x1[:2], x1, x2):  # the second example mostly differs: no need to scan the rest
+        differs = (x.reshape(x.shape[0], -1) != first.reshape(1, -1)).any(dim=1).nonzero()
+        if len(differs):
+            return torch.cat([first, x[differs[0]]]), True
+    return torch.cat([first, first]), False
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding of a differently blocked computation (sqrt(eps) relative)."""
     if a.shape != b.shape:
@@ -141,6 +154,8 @@ class Problem:
         The model's output on a batch ``x`` with those parameters (and everything else fixed).
     x1, x2 : Tensor
         The checked inputs; ``x2`` is ``x1`` when ``same_inputs``.
+    probe, probe_distinct : Tensor, bool
+        The two examples the model was analysed on, and whether they differ (see ``_probe``).
     axes : OutputAxes
     structure : Structure
         What one forward pass showed (see ``_structure.discover``): the layers the structured
@@ -183,13 +198,12 @@ class Problem:
         self._direct = not any(
             m.training and any(True for _ in m.buffers(recurse=False)) for m in model.modules()
         )
-        self.probe = torch.cat([self.x1[:2], self.x2[:2]])[:2]
+        self.probe, self.probe_distinct = _probe(self.x1, self.x2)
         with torch.no_grad():
-            reason = _mixing_modules(model)
+            reason = mixing_modules(model)
             self.structure, out, single = discover(self, self.probe, one_at_a_time=not reason)
             if not reason:
-                rest = [self.evaluate(self.params, self.probe[1:2])] if self.probe.shape[0] > 1 else []
-                if not _close(out, torch.cat([single, *rest])):
+                if not _close(out, torch.cat([single, self.evaluate(self.params, self.probe[1:2])])):
                     reason = "the model's output on a batch differs from its outputs on single examples"
             if reason and deterministic and not _close(out, self.evaluate(self.params, self.probe)):
                 raise NtkitError(
@@ -222,8 +236,13 @@ class Problem:
             )
 
     def with_inputs(self, x1, x2=None) -> "Problem":
-        """The same analysis of the model, for new inputs of the same example shape and dtype."""
+        """The same analysis of the model, for new inputs of the same example shape and dtype,
+        and for the model's parameters and buffers as they are now (a training step may have
+        rebound a tensor's ``.data``, or put a new tensor under a buffer's name)."""
         new = copy.copy(self)
+        named = dict(self.model.named_parameters())
+        new.params = {name: named[name].detach() for name in self.params}
+        new.buffers = dict(self.model.named_buffers())
         new._set_inputs(x1, x2)
         new._check_batch_diagonal()
         return new
@@ -283,6 +302,18 @@ class Problem:
                     )
         return self._vmappable
 
+    @functools.cached_property
+    def why_no_forward_mode(self) -> str:
+        """Empty when forward-mode derivatives (``torch.func.jvp``) run through the model, else
+        why not (an operation without a forward-mode formula, such as ``EmbeddingBag``)."""
+        tangents = {name: torch.ones_like(p) for name, p in self.params.items()}
+        try:
+            with torch.no_grad():
+                jvp(lambda p: self.function(p, self.probe), (dict(self.params),), (tangents,))
+        except Exception as error:  # NotImplementedError from a missing formula, and others
+            return f"forward-mode derivatives (torch.func.jvp) do not run through the model ({error})"
+        return ""
+
     # -- sizes -----------------------------------------------------------------------------
 
     @property
@@ -294,7 +325,7 @@ class Problem:
         return torch.empty((), dtype=self.dtype).element_size()
 
 
-def _mixing_modules(model: nn.Module) -> str:
+def mixing_modules(model: nn.Module) -> str:
     """Why the model's examples are not independent, judging by its modules; empty if they are."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):

@@ -52,13 +52,19 @@ def make_implementation(name: str, problem, structure, budget: float):
 
 
 def _auto(problem, structure, budget: float):
+    """The cheapest implementation that applies and fits the budget (else the cheapest that
+    applies, whose budget error the caller raises); whether one applies is checked in order of
+    cost, since a check may run the model (``ntk_vector_products`` tries a forward-mode pass)."""
     n1, n2 = problem.x1.shape[0], problem.x2.shape[0]
-    candidates = []
-    for rank, name in enumerate(_PREFERENCE):
+    ranked = sorted(_PREFERENCE, key=lambda name: (IMPLEMENTATIONS[name].cost(problem, structure, n1, n2),
+                                                   _PREFERENCE.index(name)))
+    too_large = None
+    for name in ranked:
         cls = IMPLEMENTATIONS[name]
         if cls.available(problem, structure):
             continue
         implementation = cls(problem, structure, budget)
-        fits = implementation.bytes_per_example() <= budget
-        candidates.append((not fits, cls.cost(problem, structure, n1, n2), rank, implementation))
-    return min(candidates, key=lambda c: c[:3])[3]
+        if implementation.bytes_per_example() <= budget:
+            return implementation
+        too_large = too_large or implementation
+    return too_large

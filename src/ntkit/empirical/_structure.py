@@ -14,9 +14,10 @@ of shape ``(n, O, L, groups, F_out)``; several calls of one module concatenate a
 
 Discovery runs the model once on one example, watching every torch function call: a layer is
 handled by its rule only if it is exactly ``torch.nn.Linear``, ``Conv1d/2d/3d``, ntkit's
-``Dense`` or a normalization layer (its affine map, ``_normalization``), and each of its chosen
-parameters is used once per call, inside its own ``forward`` (so a weight tied to another layer,
-or read by a parent, falls back to autodiff).
+``Dense`` or a normalization layer (its affine map, ``_normalization``) without forward hooks
+(which may change its output), and each of its chosen parameters is used once per call, inside
+its own ``forward`` (so a weight tied to another layer, or read by a parent, falls back to
+autodiff).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.module import _global_forward_hooks
 from torch.overrides import TorchFunctionMode
 
 from ._normalization import normalization_rule
@@ -224,9 +226,11 @@ def _record(modules):
     return calls, [m.register_forward_hook(hook) for m in modules]
 
 
-def _stacked(batch: list, single: list) -> bool:
-    """Whether each recorded tensor of the batch run begins with the one of the single-example
-    run: the example axis leads everywhere, merged with the leading axis if at all."""
+def _stacked(batch: list, single: list, examples: int) -> bool:
+    """Whether each recorded tensor of the batch run (of ``examples`` examples) begins with the
+    one of the single-example run and is ``examples`` times as long: the example axis leads
+    everywhere, merged with the leading axis if at all (a tensor without an example axis, such as
+    a layer applied to a buffer, is the same in both runs)."""
     if len(batch) != len(single):
         return False
     for (module, a, out), (module1, a1, out1) in zip(batch, single):
@@ -237,7 +241,7 @@ def _stacked(batch: list, single: list) -> bool:
                 return False
             if small.ndim == 0 or big.ndim != small.ndim or big.shape[1:] != small.shape[1:]:
                 return False
-            if big.shape[0] % small.shape[0] or not _close(big[: small.shape[0]], small):
+            if big.shape[0] != examples * small.shape[0] or not _close(big[: small.shape[0]], small):
                 return False
     return True
 
@@ -293,14 +297,17 @@ def discover(problem: Problem, probe: torch.Tensor, one_at_a_time: bool = True):
     if not one_at_a_time:
         uses, n = batch_uses, probe.shape[0]
     return _structure(problem, candidates, single_calls, uses, one_at_a_time, sizes, n,
-                      _stacked(batch_calls, single_calls) if one_at_a_time else False), out, single
+                      _stacked(batch_calls, single_calls, probe.shape[0]) if one_at_a_time else False), out, single
 
 
 def _candidates(problem: Problem) -> dict:
     candidates = {}
+    if _global_forward_hooks:  # they may change any module's output
+        return candidates
     for path, module in problem.model.named_modules():
         rule = rule_for(module)
-        if rule is not None:
+        # a forward hook may change the layer's output, which the rule computes from its input
+        if rule is not None and not module._forward_hooks:
             names = {attr: f"{path}.{attr}" if path else attr for attr in ("weight", "bias")}
             has_bias = getattr(module, "bias", None) is not None
             candidates[module] = Layer(

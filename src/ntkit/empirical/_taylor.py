@@ -14,14 +14,16 @@ from .._errors import NtkitError
 from ._linearize import Linearized
 
 
-class _CompositeNormalization(TorchFunctionMode):
-    """Layer and batch normalization from primitive operations inside higher-order expansions.
+class _Composite(TorchFunctionMode):
+    """Normalizations and activations from primitive operations inside higher-order expansions.
 
-    PyTorch's fused ``layer_norm`` and training-mode ``batch_norm`` have forward-mode
-    derivatives that are right to first order but not differentiable again (their second
-    directional derivatives are wrong), so nested ``jvp`` needs them written out: the mean and
-    the biased variance over the normalized axes, as the fused kernels compute them. A
-    training-mode batch norm here does not update its running statistics.
+    PyTorch's fused ``layer_norm``, ``instance_norm`` and training-mode ``batch_norm`` have
+    forward-mode derivatives that are right to first order but not differentiable again (their
+    second directional derivatives are wrong), and ``silu`` and ``mish`` have none for their
+    derivatives; so nested ``jvp`` needs them written out: the mean and the biased variance over
+    the normalized axes, as the fused kernels compute them, :math:`x\\,\\sigma(x)` and
+    :math:`x \\tanh(\\mathrm{softplus}(x))`. A training-mode batch norm here does not update its
+    running statistics.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -30,6 +32,12 @@ class _CompositeNormalization(TorchFunctionMode):
             return _layer_norm(*args, **kwargs)
         if func is F.batch_norm and _batch_statistics(*args, **kwargs):
             return _batch_norm(*args, **kwargs)
+        if func is F.instance_norm:
+            return _instance_norm(*args, **kwargs)
+        if func is F.silu:
+            return args[0] * torch.sigmoid(args[0])
+        if func is F.mish:
+            return args[0] * torch.tanh(F.softplus(args[0]))
         return func(*args, **kwargs)
 
 
@@ -55,6 +63,18 @@ def _batch_norm(input, running_mean=None, running_var=None, weight=None, bias=No
                 training=False, momentum=0.1, eps=1e-5):
     dims = (0,) + tuple(range(2, input.ndim))
     return _normalize(input, dims, weight, bias, eps, (-1,) + (1,) * (input.ndim - 2))
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Each example's channels normalized over their positions (or by running statistics)."""
+    shape = (-1,) + (1,) * (input.ndim - 2)
+    if use_input_stats:
+        return _normalize(input, tuple(range(2, input.ndim)), weight, bias, eps, shape)
+    out = (input - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + eps)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    return out if bias is None else out + bias.reshape(shape)
 
 
 def _derivatives(fn, t: torch.Tensor, order: int) -> tuple[torch.Tensor, ...]:
@@ -100,7 +120,7 @@ class TaylorExpanded(Linearized):
         if self.order < 2:
             terms = _derivatives(along, start, self.order)
         else:
-            with _CompositeNormalization():
+            with _Composite():
                 terms = _derivatives(along, start, self.order)
         return sum(term / math.factorial(m) for m, term in enumerate(terms))
 
