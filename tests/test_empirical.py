@@ -100,15 +100,17 @@ def test_chunks_of_one_batch_are_each_analysed_once(name, monkeypatch):
 
 @pytest.mark.parametrize("name", ["wide_conv", "conv_residual_batchnorm", "time_major", "tied_in_list"])
 def test_features_computed_in_passes_are_the_chunks_features(name, monkeypatch):
-    """On the CPU a chunk's features are computed in passes under PASS_BYTES_CPU; with room for
-    one example per pass (kept Jacobians, Gram-path inputs and cotangents, fallback Jacobians,
-    the batched and the per-example path), the kernel is the one of whole chunks."""
+    """On the CPU a chunk's features are computed in passes under PASS_BYTES_CPU; in passes of
+    one example (no minimum of rows), through kept Jacobians, Gram-path inputs and cotangents,
+    fallback Jacobians, the batched and the per-example path, the kernel is the one of whole
+    chunks."""
     from ntkit.empirical import _structured
 
     model, x1, x2 = build(name)
     passes = []
     batched, per_example = _structured.Structured._features_batched, _structured.Structured._features_per_example
     monkeypatch.setattr(_structured, "PASS_BYTES_CPU", 1)
+    monkeypatch.setattr(_structured, "MIN_ROWS_PER_PASS", 1)
     monkeypatch.setattr(_structured.Structured, "_features_batched",
                         lambda self, p, x: passes.append(len(x)) or batched(self, p, x))
     monkeypatch.setattr(_structured.Structured, "_features_per_example",
