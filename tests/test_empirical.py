@@ -329,6 +329,8 @@ BAD = [
     ("differ between two calls", lambda m, x: empirical_ntk(nn.Sequential(m, nn.Dropout(0.5)), x)),
     ("layer: model has no submodule", lambda m, x: empirical_nngp(m, x, layer="head")),
     ("does not fit", lambda m, x: empirical_nngp(m, x, trace_axes=(5,))),
+    ("smaller than the", lambda m, x: empirical_nngp(  # the hidden layer's 4096 activations count
+        nn.Sequential(nn.Linear(3, 4096), nn.Tanh(), nn.Linear(4096, 2)).double(), x, memory_budget=3e4)),
     ("an int or a tuple of ints, got '1'", lambda m, x: empirical_ntk(m, x, trace_axes="1")),
     (r"an int or a tuple of ints, got \(1.5,\)", lambda m, x: empirical_ntk(m, x, trace_axes=(1.5,))),
     (r"output \(N,\) has no other axis to trace; pass trace_axes=\(\)",

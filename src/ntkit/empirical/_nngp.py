@@ -81,13 +81,18 @@ def empirical_nngp(
         raise NtkitError(f"x1 and x2 have different example shapes: {tuple(x1.shape)} and {tuple(x2.shape)}")
     buffers = {name: b.clone() for name, b in model.named_buffers()}
 
-    def outputs(x):
+    def outputs(x, sizes=None):
+        """The model's (or the layer's) output on ``x``; with ``sizes``, also every module's
+        output size, appended."""
         captured = []
-        handle = None if target is None else target.register_forward_hook(lambda m, a, out: captured.append(out))
+        handles = [] if target is None else [target.register_forward_hook(lambda m, a, out: captured.append(out))]
+        if sizes is not None:
+            watch = lambda m, a, out: sizes.append(out.numel()) if isinstance(out, torch.Tensor) else None  # noqa: E731
+            handles += [m.register_forward_hook(watch) for m in model.modules()]
         try:
             out = functional_call(model, buffers, (x,))
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         if target is not None:
             if len(captured) != 1:
@@ -102,7 +107,8 @@ def empirical_nngp(
         return out
 
     with torch.no_grad():
-        probe = outputs(x1[:2])
+        sizes = []
+        probe = outputs(x1[:2], sizes)
         axes = OutputAxes(probe.shape, trace_axes, diagonal_axes)
         if not _close(probe, outputs(x1[:2])):
             raise NtkitError(
@@ -115,8 +121,10 @@ def empirical_nngp(
                 f"x1; got {x1.shape[0]} and {x2.shape[0]}"
             )
         budget = resolve_budget(memory_budget, x1.device)
-        # the outputs of a chunk and the forward pass's transient activations (no autograd)
-        per_example = probe.element_size() * 4 * (math.prod(probe.shape[1:]) + math.prod(x1.shape[1:]))
+        # the outputs of a chunk, and the forward pass's transient activations (no autograd: a
+        # few of the largest at a time)
+        widest = max(sizes) // probe.shape[0]
+        per_example = probe.element_size() * (4 * (math.prod(probe.shape[1:]) + math.prod(x1.shape[1:])) + 3 * widest)
         chunk = chunk_size(per_example, batch_size, budget, max(x1.shape[0], x2.shape[0]), "empirical_nngp")
         block = assemble(
             lambda x: axes.split(outputs(x)),  # (n, Dg, K, T, 1)
