@@ -8,12 +8,26 @@ of the train-train kernel; every other tensor is moved there.
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 from .._errors import NtkitError
 
 FLOAT_DTYPES = (torch.float64, torch.float32)
+INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def as_tensor(value, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor of ``value``, detached: tensors and NumPy arrays keep their dtype, Python numbers
+    and nested lists become ``dtype`` (float64 by default: ``torch.as_tensor`` would make float32,
+    losing digits)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray):
+        return torch.as_tensor(value)
+    return torch.as_tensor(value, dtype=dtype or torch.float64)
 
 
 def as_matrix(k, argument: str, where: str, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -21,13 +35,10 @@ def as_matrix(k, argument: str, where: str, like: torch.Tensor | None = None) ->
 
     With ``like``, the result takes ``like``'s dtype and device (the train-train kernel's).
     """
-    if isinstance(k, torch.Tensor):
-        k = k.detach()
-    else:
-        try:
-            k = torch.as_tensor(k)
-        except (TypeError, ValueError, RuntimeError):
-            raise NtkitError(f"{where}: {argument} must be a tensor, got {type(k).__name__}") from None
+    try:
+        k = as_tensor(k, None if like is None else like.dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise NtkitError(f"{where}: {argument} must be a tensor, got {type(k).__name__}") from None
     if k.ndim != 2:
         raise NtkitError(f"{where}: {argument} has shape {tuple(k.shape)}; expected a matrix (N1, N2)")
     if k.is_complex():
@@ -50,7 +61,7 @@ def check_square(k: torch.Tensor, argument: str, where: str) -> None:
 
 def as_targets(y, n: int, like: torch.Tensor, where: str) -> tuple[torch.Tensor, bool]:
     """``(y as (n, k), was_1d)``: targets in the kernel's dtype and device."""
-    y = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(y)
+    y = as_tensor(y, like.dtype)
     if y.ndim not in (1, 2) or y.shape[0] != n or y.numel() == 0:
         raise NtkitError(
             f"{where}: y_train has shape {tuple(y.shape)} but the train-train kernel has {n} rows; "
@@ -63,8 +74,7 @@ def as_targets(y, n: int, like: torch.Tensor, where: str) -> tuple[torch.Tensor,
 
 def as_outputs(f, shape: tuple[int, int], argument: str, like: torch.Tensor, where: str) -> torch.Tensor:
     """Initial outputs ``f`` (a scalar, or a tensor broadcastable to ``shape``) as a ``shape`` tensor."""
-    f = f.detach() if isinstance(f, torch.Tensor) else torch.as_tensor(f)
-    f = f.to(dtype=like.dtype, device=like.device)
+    f = as_tensor(f, like.dtype).to(dtype=like.dtype, device=like.device)
     if f.ndim == 1 and f.shape[0] == shape[0] and shape[1] == 1:
         f = f[:, None]  # (n,) outputs of a one-output network
     try:
@@ -87,16 +97,29 @@ def check_cross(k: torch.Tensor, n: int, argument: str, where: str) -> None:
         )
 
 
+def is_real(value) -> bool:
+    """A real number, Python's or NumPy's (``numbers.Real``), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_diag_reg(diag_reg, where: str) -> float:
-    if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not (
+    if not is_real(diag_reg) or not (
         math.isfinite(diag_reg) and diag_reg >= 0
     ):
         raise NtkitError(f"{where}: diag_reg must be a finite number >= 0, got {diag_reg!r}")
     return float(diag_reg)
 
 
+def check_flag(value, argument: str, where: str) -> bool:
+    """A bool option, not coerced: neural-tangents has ``trace_axes`` where ntkit has
+    ``discrete``, and ``bool((-1,))`` is True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise NtkitError(f"{where}: {argument} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_learning_rate(learning_rate, where: str) -> float:
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
+    if not is_real(learning_rate) or not (
         math.isfinite(learning_rate) and learning_rate > 0
     ):
         raise NtkitError(f"{where}: learning_rate must be a finite number > 0, got {learning_rate!r}")
@@ -106,8 +129,11 @@ def check_learning_rate(learning_rate, where: str) -> float:
 def as_times(t, like: torch.Tensor, where: str, integer: bool = False) -> torch.Tensor:
     """Training times (any shape) as a finite, non-negative tensor of the kernel's dtype."""
     original = t
-    t = t.detach() if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
-    if t.is_complex() or t.dtype == torch.bool:
+    try:
+        t = as_tensor(t)
+    except (TypeError, ValueError, RuntimeError):
+        raise NtkitError(f"{where}: t must be a number, a tensor of times or None, got {t!r}") from None
+    if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in INTEGER_DTYPES):
         raise NtkitError(f"{where}: t has dtype {t.dtype}; expected real times")
     t = t.to(dtype=torch.float64, device=like.device)
     if t.numel() == 0:

@@ -10,7 +10,7 @@ import torch
 from .._errors import NtkitError
 from ..layers import Layer
 from ._checks import (
-    as_matrix, as_targets, as_times, check_cross, check_diag_reg, check_learning_rate, check_square,
+    as_matrix, as_targets, as_times, check_cross, check_diag_reg, check_flag, check_learning_rate, check_square,
 )
 from ._gp import gp_covariance, matrix, ntk_covariance
 from ._spectral import TrainKernel, check_stable, decay, in_basis
@@ -27,6 +27,7 @@ def gradient_descent_mse_ensemble(
     learning_rate: float = 1.0,
     diag_reg: float = 0.0,
     diag_reg_absolute_scale: bool = False,
+    *,
     discrete: bool = False,
     dtype: torch.dtype = torch.float64,
 ) -> "EnsemblePredictor":
@@ -48,7 +49,10 @@ def gradient_descent_mse_ensemble(
     same formulas with :math:`\\Theta = K`, where the covariance simplifies to
     :math:`K(x, x') - K(x, X) K^{-1} (I - e^{-2\\eta K t/N}) K(X, x')`. At ``t=None``
     (:math:`t \\to \\infty`) the result is :func:`gp_inference`'s. ``diag_reg``,
-    ``diag_reg_absolute_scale`` and ``discrete`` are as in :func:`gradient_descent_mse`.
+    ``diag_reg_absolute_scale`` and ``discrete`` are as in :func:`gradient_descent_mse`; with a
+    ridge :math:`\\lambda`, ``get="nngp"`` puts :math:`K + \\lambda I` in every place of the
+    simplified covariance, as neural-tangents does: the posterior of a GP with observation noise
+    :math:`\\lambda`, not the covariance of regularized training from the unregularized prior.
 
     Parameters
     ----------
@@ -59,7 +63,7 @@ def gradient_descent_mse_ensemble(
         from any source work (e.g. slices of precomputed matrices, with indices as inputs).
     x_train : Tensor, shape (n, features), or whatever ``kernel_fn`` takes
     y_train : Tensor, shape (n, outputs) or (n,)
-    learning_rate, diag_reg, diag_reg_absolute_scale, discrete
+    learning_rate, diag_reg, diag_reg_absolute_scale, discrete (keyword-only)
         See :func:`gradient_descent_mse`.
     dtype : torch.float64 (default) or torch.float32
         Precision of the kernels computed by ``net.kernel`` (ignored for a ``kernel_fn``).
@@ -101,7 +105,8 @@ def gradient_descent_mse_ensemble(
     as_targets(y_train, n, like, WHERE)  # early check of the shapes; moved to the kernel's device later
     return EnsemblePredictor(
         kernel_fn, x_train, y_train, check_learning_rate(learning_rate, WHERE),
-        check_diag_reg(diag_reg, WHERE), bool(diag_reg_absolute_scale), bool(discrete),
+        check_diag_reg(diag_reg, WHERE), check_flag(diag_reg_absolute_scale, "diag_reg_absolute_scale", WHERE),
+        check_flag(discrete, "discrete", WHERE),
     )
 
 
@@ -146,8 +151,12 @@ class EnsemblePredictor:
                 self.y_train, self._was_1d = as_targets(self._y_raw, first.shape[0], first, WHERE)
         return self._k_train[name]
 
-    def __call__(self, x_test=None, t=None, get: str = "ntk", compute_cov: bool = False):
+    def __call__(self, x_test=None, *, t=None, get: str = "ntk", compute_cov: bool = False):
         """Mean (and covariance) of the outputs on ``x_test`` at time(s) ``t``.
+
+        The arguments after ``x_test`` are keyword-only: neural-tangents' predictor takes
+        ``(t, x_test, get, compute_cov)`` in that order, and a call written for it must not run
+        with the inputs read as times.
 
         Parameters
         ----------

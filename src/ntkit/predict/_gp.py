@@ -120,6 +120,13 @@ class GPPredictor:
         -------
         Tensor of shape (m, outputs), or Gaussian (mean, covariance of shape (m, m)).
         """
+        if isinstance(k_test_train, str) or (k_test_train is None and k_test_test is not None):
+            raise NtkitError(
+                f"{WHERE}: the predictor takes (k_test_train, k_test_test=None, get='nngp'), got "
+                f"k_test_train={_describe(k_test_train)} and k_test_test={_describe(k_test_test)} "
+                "(neural-tangents' order is (get, k_test_train, k_test_test)); the covariance needs "
+                "k_test_train"
+            )
         if get not in GETS:
             raise NtkitError(f"{WHERE}: get must be 'nngp', 'ntk' or 'ntkgp', got {get!r}")
         name = "nngp" if get == "nngp" else "ntk"
@@ -157,6 +164,10 @@ class GPPredictor:
         if cov is None:
             return mean
         return Gaussian(mean, shape_covariance(cov[None], ()))
+
+
+def _describe(value) -> str:
+    return repr(value) if value is None or isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def gp_covariance(kernel: TrainKernel, k_td: torch.Tensor, k_tt: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 from .._errors import NtkitError
-from ._checks import as_matrix, check_square
+from ._checks import as_matrix, check_square, is_real
 
 WHERE = "max_learning_rate"
 
@@ -50,11 +52,11 @@ def max_learning_rate(k_train_train, y_train_size: int | None = None, momentum: 
     k = as_matrix(k_train_train, "k_train_train", WHERE)
     check_square(k, "k_train_train", WHERE)
     size = k.shape[0] if y_train_size is None else y_train_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral) or size < 1:
         raise NtkitError(f"{WHERE}: y_train_size must be a positive integer (y_train.numel()), got {y_train_size!r}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+    if not is_real(momentum) or not 0 <= momentum < 1:
         raise NtkitError(f"{WHERE}: momentum must be a number in [0, 1), got {momentum!r}")
     top = float(torch.linalg.eigvalsh(k)[-1])
     if top <= 0:
         return math.inf
-    return 2 * (1 + momentum) * size / top
+    return 2 * (1 + float(momentum)) * int(size) / top

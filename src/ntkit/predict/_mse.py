@@ -7,7 +7,7 @@ import torch
 from .._errors import NtkitError
 from ..kernel import Kernel
 from ._checks import (
-    as_matrix, as_outputs, as_targets, as_times, check_cross, check_diag_reg, check_learning_rate,
+    as_matrix, as_outputs, as_targets, as_times, check_cross, check_diag_reg, check_flag, check_learning_rate,
     check_square,
 )
 from ._spectral import TrainKernel, check_stable, decay, in_basis
@@ -22,6 +22,7 @@ def gradient_descent_mse(
     learning_rate: float = 1.0,
     diag_reg: float = 0.0,
     diag_reg_absolute_scale: bool = False,
+    *,
     discrete: bool = False,
 ) -> "MSEPredictor":
     """Outputs of one network trained by gradient descent on the squared error, in closed form.
@@ -56,8 +57,10 @@ def gradient_descent_mse(
     diag_reg : float
         Ridge, relative to the mean of the kernel's diagonal unless ``diag_reg_absolute_scale``.
     diag_reg_absolute_scale : bool
-    discrete : bool
-        Discrete gradient-descent steps instead of gradient flow.
+    discrete : bool, keyword-only
+        Discrete gradient-descent steps instead of gradient flow. (In neural-tangents' signature
+        this position holds ``trace_axes``; ntkit's targets are ``(n, outputs)``, with the kernel
+        shared by all outputs.)
 
     Returns
     -------
@@ -90,8 +93,9 @@ def gradient_descent_mse(
     check_square(k, "k_train_train", WHERE)
     y, was_1d = as_targets(y_train, k.shape[0], k, WHERE)
     return MSEPredictor(
-        TrainKernel(k, check_diag_reg(diag_reg, WHERE), bool(diag_reg_absolute_scale), "k_train_train", WHERE),
-        y, was_1d, check_learning_rate(learning_rate, WHERE), bool(discrete),
+        TrainKernel(k, check_diag_reg(diag_reg, WHERE),
+                    check_flag(diag_reg_absolute_scale, "diag_reg_absolute_scale", WHERE), "k_train_train", WHERE),
+        y, was_1d, check_learning_rate(learning_rate, WHERE), check_flag(discrete, "discrete", WHERE),
     )
 
 

@@ -9,7 +9,9 @@ import torch
 
 from .._errors import NtkitError
 from ..kernel import Kernel
-from ._checks import as_matrix, as_outputs, as_targets, as_times, check_cross, check_learning_rate, check_square
+from ._checks import (
+    as_matrix, as_outputs, as_targets, as_times, check_cross, check_learning_rate, check_square, is_real,
+)
 from ._losses import get_loss
 from ._types import TrainTest, shape_outputs
 
@@ -88,10 +90,9 @@ def gradient_descent(
     k = as_matrix(k_train_train, "k_train_train", WHERE)
     check_square(k, "k_train_train", WHERE)
     y, was_1d = as_targets(y_train, k.shape[0], k, WHERE)
-    if momentum is not None and (
-        isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1
-    ):
+    if momentum is not None and (not is_real(momentum) or not 0 <= momentum < 1):
         raise NtkitError(f"{WHERE}: momentum must be a number in [0, 1) or None, got {momentum!r}")
+    momentum = None if momentum is None else float(momentum)
     solvers = _solvers()
     if method not in solvers:
         raise NtkitError(f"{WHERE}: unknown method {method!r}; torchdiffeq offers {sorted(solvers)}")

@@ -69,12 +69,12 @@ class TrainKernel:
             factor, info = torch.linalg.cholesky_ex(regularized)
             column = int(info)
             if column == 0:
-                # A pivot d_j with d_j^2 <= eps max K_ii is rounding noise (Cholesky's backward
-                # error is ~ eps ||K||, Higham 2002, Thm. 10.3): the matrix is numerically
-                # singular (e.g. two identical training inputs), and solving with it amplifies
-                # rounding by 1 / d_j^2.
+                # A pivot d_j with d_j^2 <= n eps max K_ii is rounding noise (Cholesky's backward
+                # error is bounded by gamma_{n+1} |L||L^T|, about n eps max K_ii per entry;
+                # Higham 2002, Thm. 10.3): the matrix is numerically singular (e.g. two identical
+                # training inputs), and solving with it amplifies rounding by 1 / d_j^2.
                 pivots = factor.diagonal().square()
-                floor = _eps(pivots.dtype) * float(regularized.diagonal().abs().max())
+                floor = self.n * _eps(pivots.dtype) * float(regularized.diagonal().abs().max())
                 if float(pivots.min()) <= floor:
                     column = int(pivots.argmin()) + 1
             if column != 0:
@@ -99,22 +99,29 @@ class TrainKernel:
             f"diag_reg={self.diag_reg:g}, i.e. {self.ridge:.3g} added to the diagonal"
             if self.diag_reg else "diag_reg=0"
         )
+        mean_diagonal = float(torch.trace(self.k)) / self.n
+        if self.absolute or mean_diagonal > 0:
+            remedy = f"pass diag_reg={self.suggest_diag_reg(smallest, largest):.0e} or larger"
+        else:  # a ridge relative to a mean diagonal <= 0 adds nothing (or subtracts)
+            remedy = (f"its mean diagonal is {mean_diagonal:.3g}, so a relative diag_reg cannot help; pass "
+                      f"diag_reg_absolute_scale=True with diag_reg={self.suggest_diag_reg(smallest, largest, True):.0e} "
+                      "or larger")
         return NtkitError(
             f"{self.where}: {self.argument} is not positive definite at {ridge}: its smallest "
-            f"eigenvalue is {smallest:.3g} against a largest of {largest:.3g}{failed}; pass "
-            f"diag_reg={self.suggest_diag_reg(smallest, largest):.0e} or larger"
+            f"eigenvalue is {smallest:.3g} against a largest of {largest:.3g}{failed}; {remedy}"
         )
 
-    def suggest_diag_reg(self, smallest: float, largest: float) -> float:
+    def suggest_diag_reg(self, smallest: float, largest: float, absolute: bool | None = None) -> float:
         """A ``diag_reg`` (in this kernel's convention) that makes :math:`K + \\lambda I` safely
         positive definite, rounded up to a power of ten: ten times the ridge that lifts the
         smallest eigenvalue to zero, and at least :math:`\\sqrt{\\epsilon}\\, \\lambda_{max}`, so
         that the condition number stays below :math:`1/\\sqrt{\\epsilon}` and the solve loses at
-        most half the digits in the kernel's (near-)null directions."""
+        most half the digits in the kernel's (near-)null directions. ``absolute`` chooses the
+        convention (default: the kernel's)."""
         dtype = self.k.dtype
         lifted = 10 * max(-(smallest - self.ridge), 0.0)  # from the unregularized kernel
         needed = max(lifted, math.sqrt(_eps(dtype)) * max(largest, _tiny(dtype)))
-        if not self.absolute:
+        if not (self.absolute if absolute is None else absolute):
             needed /= max(float(torch.trace(self.k)) / self.n, _tiny(dtype))
         return 10.0 ** math.ceil(math.log10(needed))
 
@@ -132,13 +139,17 @@ def decay(
         g(\\lambda, t) = \\frac{1 - d(\\lambda, t)}{\\lambda},
 
     with :math:`N` the number of targets (``y_train.numel()``), so that the residual on the
-    training set is :math:`V d V^T (f_0 - y)`. Eigenvalues at or below zero (round-off of a
-    semi-definite kernel) are taken as zero: their direction neither decays nor moves test
-    outputs (:math:`g = 0`), which is exact when the joint kernel is positive semi-definite.
+    training set is :math:`V d V^T (f_0 - y)`. Eigenvalues at the level of ``eigh``'s rounding
+    or below (:math:`\lambda \le 8 n \epsilon \lambda_{max}`, as in ``TrainKernel.eigh``: the
+    zeros of a semi-definite kernel, e.g. with a duplicated training input) are taken as zero:
+    their direction neither decays nor moves test outputs (:math:`g = 0`), which is exact when the
+    joint kernel is positive semi-definite; kept, a rounding-sized :math:`\lambda` would make
+    :math:`g \approx t` grow without bound over long training.
     ``1 - d`` is computed with ``expm1`` so that :math:`g` keeps full relative precision for
     tiny :math:`\\lambda t`.
     """
-    positive = evals > 0
+    noise = 8 * evals.shape[0] * _eps(evals.dtype) * max(float(evals.abs().max()), _tiny(evals.dtype))
+    positive = evals > noise
     lam = torch.where(positive, evals, torch.zeros_like(evals))[None, :]
     t = t.reshape(-1, 1)
     if discrete:
