@@ -262,7 +262,7 @@ def test_variances_from_self_pairs_equal_variances_on_their_own(compiled, monkey
     try:
         net = nk.serial(
             conv(padding="same"), nk.ReLU(), conv(padding="same"), nk.GELU(), nk.AvgPool((2, 2)),
-            nk.LayerNorm(axis=(1, 2, 3)), conv(padding="same"), nk.Erf(), nk.Dense(4), nk.ReLU(), nk.GlobalAvgPool(),
+            conv(padding="same"), nk.LayerNorm(axis=(1, 2, 3)), nk.Erf(), nk.Dense(4), nk.ReLU(), nk.GlobalAvgPool(),
         )
         x = images(n=4, spatial=(6, 5))
         same = net.kernel(x, block_size=4)

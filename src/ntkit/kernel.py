@@ -7,6 +7,10 @@ import dataclasses
 import torch
 
 
+#: The sources of the raw inputs' kernel (see ``Kernel.sources``).
+INPUTS = frozenset({"inputs"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """Infinite-width statistics of one layer's outputs on two batches of inputs.
@@ -47,6 +51,18 @@ class Kernel:
     is_gaussian : bool
         True when the outputs are jointly Gaussian (after an affine layer), the condition for
         a nonlinearity's closed-form or quadrature kernel map to hold.
+    centred : bool
+        True when every output unit has mean zero over initializations: after a ``Dense`` or
+        ``Conv`` (zero-mean weights and biases) and what keeps it (pooling, sums, ``Dropout``),
+        not after an activation or on the raw inputs. ``LayerNorm``'s map needs it (the
+        channel mean must vanish), and so does adding two branches that are not independent
+        given their means (``FanInSum``).
+    sources : frozenset
+        The random layers the outputs were last drawn from: ``{id(layer)}`` after a ``Dense``,
+        ``Conv`` or ``ConvLocal``, kept by every deterministic map, the union of the branches
+        after a merge, and ``{"inputs"}`` for the inputs. Branches with disjoint sources are
+        independent given the kernels (at infinite width), so their kernels add or multiply;
+        branches that share one (two ``Identity`` branches, or the same layer twice) do not.
     spatial_layout : "full" or "diagonal"
         How image kernels hold their positions. ``"full"`` (the default, and what a network
         that ends on images returns): all pairs of positions, ``nngp`` of shape
@@ -67,6 +83,8 @@ class Kernel:
     same_inputs: bool = False
     is_gaussian: bool = False
     spatial_layout: str = "full"
+    centred: bool = False
+    sources: frozenset = INPUTS
 
     def replace(self, **changes) -> "Kernel":
         """A copy with some fields changed (the dataclass is frozen)."""

@@ -64,7 +64,7 @@ def fused_map(layers: Sequence[Layer], index: int, k) -> tuple[Kernel, int] | No
         return diagonal
 
     out = _fused(run, spec, k.same_inputs, (k.nngp, k.ntk), False, (k.var1, k.var2), prepare, variances)
-    return k.replace(**out), run.length
+    return k.replace(sources=frozenset({id(run.conv)}), **out), run.length
 
 
 def fused_inputs_map(layers: Sequence[Layer], inputs: Inputs) -> tuple[Kernel, int] | None:
@@ -83,10 +83,11 @@ def fused_inputs_map(layers: Sequence[Layer], inputs: Inputs) -> tuple[Kernel, i
     following = None if run.pool is not None else _run(layers, run.length, (conv.out_channels, *spec["out_size"]))
     if following is not None and _zero_padded(following.conv):
         out = _chained(run, spec, following, inputs, summed, self1, self2)
-        return Kernel(same_inputs=inputs.same_inputs, **out), run.length + following.length
+        return Kernel(same_inputs=inputs.same_inputs, sources=frozenset({id(following.conv)}), **out), \
+            run.length + following.length
     out = _fused(run, spec, inputs.same_inputs, (summed, None), inputs.with_ntk, (self1, self2), lambda t: t,
                  lambda var: self_diagonal(var, 2))
-    return Kernel(same_inputs=inputs.same_inputs, **out), run.length
+    return Kernel(same_inputs=inputs.same_inputs, sources=frozenset({id(conv)}), **out), run.length
 
 
 def mirrors_same_inputs(layers: Sequence[Layer], feature_shape) -> bool:
@@ -304,7 +305,7 @@ def _fused(run: _Run, spec: dict, same_inputs: bool, pairs: tuple, zero_ntk: boo
         var1, var2 = self_covariances(var1, d1, f1), self_covariances(var2, d2, f2)
     return dict(
         nngp=nngp, ntk=ntk, var1=var1, var2=var2, feature_shape=(run.conv.out_channels, *pool_spec["out_size"]),
-        is_gaussian=False,
+        is_gaussian=False, centred=False,
     )
 
 

@@ -52,6 +52,7 @@ class Activation(Layer):
             var1=var1,
             var2=var2,
             is_gaussian=False,
+            centred=False,
         )
 
     def duals(self, pair: GaussianPair, ntk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

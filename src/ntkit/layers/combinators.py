@@ -134,9 +134,13 @@ class FanOut(Layer):
 
 
 class FanInSum(Layer):
-    """Sum the branches. Branches are independent at infinite width when each, but at most one,
-    ends in a randomly initialised layer since the ``FanOut``; kernels then add (Novak et al.
-    2020, ``stax.FanInSum``), and the sum of Gaussians is Gaussian."""
+    """Sum the branches. The second moment of a sum is the sum of the branches' kernels plus
+    their cross moments, which vanish when, for every pair of branches, the two are drawn from
+    different random layers (disjoint ``Kernel.sources``: each branch but one has its own
+    ``Dense`` or ``Conv`` since the ``FanOut``) and one of them has mean zero (``centred``:
+    ends in such a layer, not in an activation). Kernels then add (Novak et al. 2020,
+    ``stax.FanInSum``), and the sum of Gaussians is Gaussian; other sums (two ``Identity``
+    branches, or a ReLU branch added to a post-activation shortcut) are refused."""
 
     diagonal_layout = True
 
@@ -147,12 +151,15 @@ class FanInSum(Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         ks = branches(k, "FanInSum")
         _check_feature_shapes(ks, "FanInSum", axis=None)
+        _check_independent(ks, "FanInSum", need_centred=True)
         return ks[0].replace(
             nngp=_sum(x.nngp for x in ks),
             ntk=None if ks[0].ntk is None else _sum(x.ntk for x in ks),
             var1=_sum(x.var1 for x in ks),
             var2=_sum(x.var2 for x in ks),
             is_gaussian=all(x.is_gaussian for x in ks),
+            centred=all(x.centred for x in ks),
+            sources=frozenset().union(*(x.sources for x in ks)),
         )
 
 
@@ -190,13 +197,16 @@ class FanInConcat(Layer):
             var2=mix("var2"),
             feature_shape=(total,) + tuple(ks[0].feature_shape[1:]),
             is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
+            centred=all(x.centred for x in ks),
+            sources=frozenset().union(*(x.sources for x in ks)),
         )
 
 
 class FanInProd(Layer):
     """Multiply the branches elementwise.
 
-    For independent branches (see :class:`FanInSum`), :math:`K = \\prod_b K_b` and, by the
+    For independent branches (drawn from different random layers: disjoint ``Kernel.sources``;
+    others are refused), :math:`K = \\prod_b K_b` and, by the
     product rule, :math:`\\Theta = \\sum_b \\Theta_b \\prod_{c \\ne b} K_c` (Novak et al. 2020,
     ``stax.FanInProd``). A product of Gaussians is not Gaussian.
     """
@@ -210,6 +220,7 @@ class FanInProd(Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         ks = branches(k, "FanInProd")
         _check_feature_shapes(ks, "FanInProd", axis=None)
+        _check_independent(ks, "FanInProd", need_centred=False)
         ntk = None
         if ks[0].ntk is not None:
             ntk = _sum(
@@ -222,6 +233,8 @@ class FanInProd(Layer):
             var1=math.prod((x.var1 for x in ks), start=1),
             var2=math.prod((x.var2 for x in ks), start=1),
             is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
+            centred=any(x.centred for x in ks),  # a product of independent factors, one of mean zero
+            sources=frozenset().union(*(x.sources for x in ks)),
         )
 
 
@@ -261,6 +274,28 @@ def _check_branch_shapes(xs, axis: int | None = None) -> None:
     keep = [tuple(s[:axis] + s[axis + 1 :]) if axis is not None else s for s in shapes]
     if len(set(keep)) > 1:
         raise NtkitError(f"branches have incompatible shapes {shapes}")
+
+
+def _check_independent(ks: list[Kernel], layer: str, need_centred: bool) -> None:
+    """Refuse branches whose kernels do not combine: two drawn from the same random layer (or
+    both from the inputs), or, for a sum, two of nonzero mean (their means' product adds)."""
+    for i, a in enumerate(ks):
+        for j in range(i + 1, len(ks)):
+            b = ks[j]
+            shared = a.sources & b.sources
+            if shared:
+                origin = "the inputs" if shared == {"inputs"} else "the same random layer"
+                raise NtkitError(
+                    f"branches {i} and {j} are correlated: both are drawn from {origin} (neither has a "
+                    f"Dense or Conv of its own since the FanOut), so their kernels do not "
+                    f"{'add' if need_centred else 'multiply'}; give one of them a Dense or Conv"
+                )
+            if need_centred and not (a.centred or b.centred):
+                raise NtkitError(
+                    f"branches {i} and {j} both have nonzero mean (they end in an activation or are the "
+                    "inputs), so the product of their means adds to the sum's kernel; end one of them in "
+                    "a Dense or Conv"
+                )
 
 
 def _check_feature_shapes(ks: list[Kernel], layer: str, axis: int | None) -> None:

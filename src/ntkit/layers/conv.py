@@ -212,6 +212,8 @@ class Conv(LazyModuleMixin, Layer):
             var2=var2,
             feature_shape=(self.out_channels,) + tuple(g[0] for g in geom),
             is_gaussian=True,
+            centred=True,
+            sources=frozenset({id(self)}),
         )
 
     def map_inputs(self, inputs: Inputs) -> Kernels:
@@ -248,6 +250,8 @@ class Conv(LazyModuleMixin, Layer):
             feature_shape=(self.out_channels, *(g[0] for g in geom)),
             same_inputs=inputs.same_inputs,
             is_gaussian=True,
+            centred=True,
+            sources=frozenset({id(self)}),
         )
 
     def patch_sums(self, inputs: Inputs, geom) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

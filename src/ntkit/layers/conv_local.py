@@ -194,4 +194,6 @@ class ConvLocal(Conv):
             var2=var2,
             feature_shape=(self.out_channels,) + out,
             is_gaussian=True,
+            centred=True,
+            sources=frozenset({id(self)}),
         )

@@ -199,6 +199,11 @@ class Dense(LazyModuleMixin, Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "Dense")
+        if self.in_features and k.feature_shape[0] != self.in_features:  # 0: not yet materialized
+            raise NtkitError(
+                f"its inputs have {k.feature_shape[0]} features (feature shape {tuple(k.feature_shape)}), "
+                f"but the layer has in_features={self.in_features}"
+            )
         nngp, ntk = affine_kernels(k.nngp, k.ntk, self.W_std, self.b_std, self.parameterization, k.feature_shape[0])
         var1, var2 = output_variances(k, nngp, self._affine)
         return k.replace(
@@ -208,6 +213,8 @@ class Dense(LazyModuleMixin, Layer):
             var2=var2,
             feature_shape=(self.out_features,) + tuple(k.feature_shape[1:]),
             is_gaussian=True,
+            centred=True,
+            sources=frozenset({id(self)}),
         )
 
     def _affine(self, var: torch.Tensor) -> torch.Tensor:

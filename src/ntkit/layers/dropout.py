@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._errors import NtkitError
-from ..kernel import Kernel
+from ..kernel import INPUTS, Kernel
 from ._base import Kernels, Layer, single
 from ._spatial import position_mask, set_self
 
@@ -46,6 +46,12 @@ class Dropout(Layer):
         k = single(k, "Dropout")
         if not self.training or self.p == 0:
             return k
+        if k.sources == INPUTS:
+            raise NtkitError(
+                "it drops the network's inputs: their features are finitely many, so the next "
+                "Dense sums a random subset of them and is not Gaussian (its kernel is a mixture "
+                "over masks); put Dropout after a Dense or Conv and an activation"
+            )
         factor = 1.0 / (1.0 - self.p)
         if k.spatial_ndim:
             return self._spatial_kernel_map(k, factor)

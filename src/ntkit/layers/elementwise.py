@@ -114,14 +114,24 @@ class Elementwise(Activation):
         """``fn(x)`` and, if asked, ``fn'(x)`` from autograd (fn is elementwise)."""
         if not derivative:
             with torch.no_grad():
-                return self.function(x), None
+                return self._checked(self.function(x), x), None
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            y = self.function(x)
+            y = self._checked(self.function(x), x)
             if not y.requires_grad:  # a constant function, or one autograd cannot see
                 return y.detach(), torch.zeros_like(x)
             (slope,) = torch.autograd.grad(y.sum(), x)
         return y.detach(), slope
+
+    @staticmethod
+    def _checked(y, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise NtkitError(
+                f"fn maps a tensor of shape {tuple(x.shape)} to {shape}; Elementwise needs a "
+                "function applied to each entry (same shape out)"
+            )
+        return y
 
     def extra_repr(self) -> str:
         name = getattr(self.function, "__name__", repr(self.function))

@@ -15,7 +15,8 @@ class LayerNorm(Layer):
 
     No learned scale or shift (as neural-tangents ``LayerNorm``). The mean and variance are
     taken over the axes ``axis`` of the input ``(N, C, *S)``, which must include the channel
-    axis 1. At infinite width the channel mean of i.i.d. centred units vanishes and their
+    axis 1. At infinite width the channel mean of i.i.d. centred units (``Kernel.centred``:
+    after a ``Dense`` or ``Conv``; other inputs are refused) vanishes and their
     empirical variance at position p is the kernel's :math:`v(p) = K(x, x)[p, p]`; the
     normaliser of position p is therefore the mean :math:`w(p)` of :math:`v` over the
     normalised spatial axes (Novak et al. 2020, ``stax.LayerNorm``; Xiao et al. 2020):
@@ -100,6 +101,12 @@ class LayerNorm(Layer):
 
     def kernel_map(self, k: Kernels) -> Kernel:
         k = single(k, "LayerNorm")
+        if not k.centred:
+            raise NtkitError(
+                "its input units do not have mean zero (it follows an activation, or is the "
+                "network's input), so their channel mean does not vanish and this kernel map does "
+                "not hold; put LayerNorm after a Dense or Conv"
+            )
         spatial_axes = self._spatial_axes(tuple(k.feature_shape))
         if k.spatial_ndim == 0:
             return self._vector_kernel_map(k)
