@@ -133,3 +133,17 @@ def test_residual_blocks_whose_branches_combine_still_work():
     prod = nk.serial(nk.Dense(8), nk.FanOut(2), nk.parallel(nk.serial(nk.Erf(), nk.Dense(8)), nk.Dense(8)),
                      nk.FanInProd())
     assert torch.isfinite(prod.kernel(X).nngp).all()
+
+
+def test_sampled_ntk_of_a_duplicated_input_is_that_of_the_input():
+    """sample_kernels projects onto span{sigma_a} with (S^T S)^+; with a duplicated input S^T S is
+    singular, and a Cholesky that succeeds by rounding had given samples of ~1e3 (the per-network
+    identities Theta[0, 0] = Theta[1, 1] = Theta[0, 1] must hold)."""
+    from ntkit.finite_width import sample_kernels
+
+    net = nk.serial(nk.Dense(8, W_std=1.3), nk.Tanh(), nk.Dense(8, W_std=1.3), nk.Tanh(), nk.Dense(1, W_std=1.3))
+    x = X[:1]
+    pair = sample_kernels(net, torch.cat([x, x]), n_networks=500).ntk
+    assert float((pair - pair[:, :1, :1]).abs().max()) <= 1e-6 * float(pair.abs().max())
+    single = sample_kernels(net, x, n_networks=500).ntk
+    assert float(pair.abs().max()) <= 10 * float(single.abs().max())

@@ -191,14 +191,17 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _pinv_psd(matrix: torch.Tensor) -> torch.Tensor:
-    """(S^T S)^+: the inverse by Cholesky, the eigen pseudo-inverse where S^T S is singular."""
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype).expand_as(matrix)
-    out = torch.cholesky_solve(eye, factor)
-    failed = info != 0
-    if bool(failed.any()):
-        out[failed] = torch.linalg.pinv(matrix[failed], hermitian=True)
-    return out
+    """(S^T S)^+ by the eigendecomposition, eigenvalues below ``n eps lambda_max`` taken as zero.
+
+    A Cholesky factorization can succeed on an exactly singular S^T S (duplicated inputs, or
+    more inputs than the width) by rounding, and its inverse is then ~1e18 noise; the cutoff
+    at the level of eigh's rounding gives the pseudo-inverse of the matrix in exact arithmetic.
+    """
+    evals, evecs = torch.linalg.eigh(matrix)
+    top = evals.abs().amax(dim=-1, keepdim=True)
+    cutoff = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * top
+    inverse = torch.where(evals > cutoff, 1 / evals.clamp_min(torch.finfo(matrix.dtype).tiny), 0)
+    return (evecs * inverse.unsqueeze(-2)) @ evecs.transpose(-1, -2)
 
 
 def _activation(act, z):
