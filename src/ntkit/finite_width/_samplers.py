@@ -191,17 +191,10 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _pinv_psd(matrix: torch.Tensor) -> torch.Tensor:
-    """(S^T S)^+ by the eigendecomposition, eigenvalues below ``n eps lambda_max`` taken as zero.
-
-    A Cholesky factorization can succeed on an exactly singular S^T S (duplicated inputs, or
-    more inputs than the width) by rounding, and its inverse is then ~1e18 noise; the cutoff
-    at the level of eigh's rounding gives the pseudo-inverse of the matrix in exact arithmetic.
-    """
-    evals, evecs = torch.linalg.eigh(matrix)
-    top = evals.abs().amax(dim=-1, keepdim=True)
-    cutoff = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * top
-    inverse = torch.where(evals > cutoff, 1 / evals.clamp_min(torch.finfo(matrix.dtype).tiny), 0)
-    return (evecs * inverse.unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    """(S^T S)^+, eigenvalues below ``n eps lambda_max`` taken as zero: a Cholesky can succeed on
+    an exactly singular S^T S (duplicated inputs, or more inputs than the width) by rounding,
+    and its inverse is then ~1e18 noise."""
+    return torch.linalg.pinv(matrix, hermitian=True, rtol=matrix.shape[-1] * torch.finfo(matrix.dtype).eps)
 
 
 def _activation(act, z):

@@ -127,6 +127,13 @@ class GaussianPair:
         """:math:`\\theta = \\arccos c \\in [0, \\pi]`."""
         return torch.arccos(self.correlation)
 
+    def decorrelated(self) -> torch.Tensor:
+        """:math:`v_1 v_2 - k^2 = v_1 v_2 (1 - c^2)`, a new tensor: from the correlation, so
+        without the cancellation of two products of size :math:`v^2` (at large variances it
+        would leave only rounding), and exactly 0 where the correlation is exactly 1."""
+        c = self.correlation
+        return (self.var1 * self.var2) * (1 - c * c)
+
     @cached_property
     def sine(self) -> torch.Tensor:
         """:math:`\\sin\\theta = \\sqrt{1 - c^2}` (|c| <= 1, so 1 - c^2 >= 0 after rounding)."""

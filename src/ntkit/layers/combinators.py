@@ -151,7 +151,7 @@ class FanInSum(Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         ks = branches(k, "FanInSum")
         _check_feature_shapes(ks, "FanInSum", axis=None)
-        _check_independent(ks, "FanInSum", need_centred=True)
+        _check_independent(ks, need_centred=True)
         return ks[0].replace(
             nngp=_sum(x.nngp for x in ks),
             ntk=None if ks[0].ntk is None else _sum(x.ntk for x in ks),
@@ -220,7 +220,7 @@ class FanInProd(Layer):
     def kernel_map(self, k: Kernels) -> Kernel:
         ks = branches(k, "FanInProd")
         _check_feature_shapes(ks, "FanInProd", axis=None)
-        _check_independent(ks, "FanInProd", need_centred=False)
+        _check_independent(ks, need_centred=False)
         ntk = None
         if ks[0].ntk is not None:
             ntk = _sum(
@@ -276,7 +276,7 @@ def _check_branch_shapes(xs, axis: int | None = None) -> None:
         raise NtkitError(f"branches have incompatible shapes {shapes}")
 
 
-def _check_independent(ks: list[Kernel], layer: str, need_centred: bool) -> None:
+def _check_independent(ks: list[Kernel], need_centred: bool) -> None:
     """Refuse branches whose kernels do not combine: two drawn from the same random layer (or
     both from the inputs), or, for a sum, two of nonzero mean (their means' product adds)."""
     for i, a in enumerate(ks):

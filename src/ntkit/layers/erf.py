@@ -37,7 +37,7 @@ class Erf(Activation):
         # det = (1 + b2 v1)(1 + b2 v2) - (b2 k)^2 without the cancellation of two numbers of size
         # (b2 v)^2 (exact where the correlation is exactly 1), and arcsin(b2 k / sqrt(s1 s2)) as
         # atan2(b2 k, sqrt(det)): accurate also where that ratio rounds to 1 (large variances)
-        det = _decorrelated(pair).mul_(b2 * b2).add_(spread1 + spread2 - 1)
+        det = pair.decorrelated().mul_(b2 * b2).add_(spread1 + spread2 - 1)
         nngp = torch.atan2(pair.cov * b2, det.sqrt()).mul_(2 * self.a**2 / math.pi).add_(self.c**2)
         if not derivative:
             return nngp, None
@@ -69,7 +69,7 @@ class GELU(Activation):
         k, v1, v2 = pair.cov, pair.var1, pair.var2
         spread1, spread2 = v1 + 1, v2 + 1
         k2 = k * k
-        unexplained = _decorrelated(pair)  # v1 v2 - k^2, without cancellation (see Erf)
+        unexplained = pair.decorrelated()  # v1 v2 - k^2, without cancellation
         sqrt_d = (unexplained + (spread1 + spread2 - 1)).sqrt_()
         rsqrt_d = sqrt_d.reciprocal()
         orthant = torch.atan2(k, sqrt_d)  # arcsin(k / sqrt(s1 s2)), accurate near 1 (see Erf)
@@ -83,10 +83,3 @@ class GELU(Activation):
         kdot = orthant.addcmul_(cross, inverse_sum).addcmul_(cross, rsqrt_d.square_())
         return nngp, kdot
 
-
-def _decorrelated(pair: GaussianPair) -> torch.Tensor:
-    """:math:`v_1 v_2 - k^2 = v_1 v_2 (1 - c^2)` from the pair's correlation: no cancellation
-    between two products of size :math:`v^2` (at large variances it would leave only rounding),
-    and exactly 0 where the correlation is exactly 1."""
-    c = pair.correlation
-    return (pair.var1 * pair.var2) * (1 - c * c)

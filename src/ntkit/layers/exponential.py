@@ -63,8 +63,8 @@ class Gaussian(Activation):
                         f"1/(4b) = {1 / (4 * self.b):.4g}; use b < 0 or smaller W_std"
                     )
         two_b = 2 * self.b
-        c = pair.correlation  # 1 - 2b(v1 + v2) + 4b^2 v1 v2 (1 - c^2): no cancellation at large variances
-        det = (pair.var1 * pair.var2) * (1 - c * c) * two_b**2 + (1 - two_b * (pair.var1 + pair.var2))
+        # 1 - 2b(v1 + v2) + 4b^2 (v1 v2 - k^2), the last term without cancellation
+        det = pair.decorrelated().mul_(two_b**2).add_(1 - two_b * (pair.var1 + pair.var2))
         rsqrt_det = det.rsqrt_()
         nngp = rsqrt_det * self.a**2
         if not derivative:

@@ -133,7 +133,7 @@ def as_times(t, like: torch.Tensor, where: str, integer: bool = False) -> torch.
         t = as_tensor(t)
     except (TypeError, ValueError, RuntimeError):
         raise NtkitError(f"{where}: t must be a number, a tensor of times or None, got {t!r}") from None
-    if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in INTEGER_DTYPES):
+    if not (t.is_floating_point() or t.dtype in INTEGER_DTYPES):  # not complex, bool, ...
         raise NtkitError(f"{where}: t has dtype {t.dtype}; expected real times")
     t = t.to(dtype=torch.float64, device=like.device)
     if t.numel() == 0:

@@ -54,9 +54,7 @@ class TrainKernel:
         if self._eigh is None:
             evals, evecs = torch.linalg.eigh(self.regularized())
             top = float(evals[-1].abs())
-            # eigh is backward stable: each eigenvalue is off by at most ~ n eps ||K||_2, and the
-            # kernel's own entries carry a few eps of relative rounding; 8 n eps ||K|| covers both.
-            if float(evals[0]) < -8 * self.n * _eps(evals.dtype) * max(top, _tiny(evals.dtype)):
+            if float(evals[0]) < -rounding_level(evals):
                 raise self._not_psd(float(evals[0]), top)
             self._eigh = (evals, evecs)
         return self._eigh
@@ -148,8 +146,7 @@ def decay(
     ``1 - d`` is computed with ``expm1`` so that :math:`g` keeps full relative precision for
     tiny :math:`\\lambda t`.
     """
-    noise = 8 * evals.shape[0] * _eps(evals.dtype) * max(float(evals.abs().max()), _tiny(evals.dtype))
-    positive = evals > noise
+    positive = evals > rounding_level(evals)
     lam = torch.where(positive, evals, torch.zeros_like(evals))[None, :]
     t = t.reshape(-1, 1)
     if discrete:
@@ -201,6 +198,15 @@ def _check_symmetric(k: torch.Tensor, argument: str, where: str) -> None:
                 f"but ({j}, {i}) is {float(k[j, i]):.6g}; pass the kernel between the training "
                 "inputs and themselves"
             )
+
+
+def rounding_level(evals: torch.Tensor) -> float:
+    """:math:`8 n \\epsilon \\lambda_{max}`: eigenvalues of a symmetric :math:`n \\times n` matrix
+    from ``eigh`` this small are rounding. ``eigh`` is backward stable (each eigenvalue off by at
+    most ~ :math:`n \\epsilon \\lVert K \\rVert_2`), and the kernel's own entries carry a few
+    :math:`\\epsilon` of relative rounding; 8 covers both."""
+    top = float(evals.abs().max())
+    return 8 * evals.shape[0] * _eps(evals.dtype) * max(top, _tiny(evals.dtype))
 
 
 def _eps(dtype: torch.dtype) -> float:
